@@ -1,0 +1,295 @@
+"""The wire layout, and the only module that packs or unpacks bytes of it.
+
+docs/FORMAT.md is the specification; every constant here is named there.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass
+
+import torch
+import xxhash
+
+from ._errors import ChecksumError, FormatError, VersionError
+
+MAGIC = b"\x89SRLZ\r\n\x1a"
+END_MAGIC = b"\x1aSRLZEND"
+MAJOR = 1
+MINOR = 0
+
+FLAG_BIG_ENDIAN = 1
+KNOWN_FLAGS = FLAG_BIG_ENDIAN
+
+# magic, major, minor, flags, storage count, skeleton length, xxh3 of the first 32 bytes
+_PREAMBLE = struct.Struct("<8sHHIQQQ")
+PREAMBLE_SIZE = _PREAMBLE.size  # 40
+# nbytes, dtype id, device type id, reserved, device index (-1: none)
+_STORAGE = struct.Struct("<QHBBi")
+STORAGE_ENTRY_SIZE = _STORAGE.size  # 16
+# end magic, storage count, bytes before the trailer, xxh3 of the first 24 bytes
+_TRAILER = struct.Struct("<8sQQQ")
+TRAILER_SIZE = _TRAILER.size  # 32
+_U64 = struct.Struct("<Q")
+CHECKSUM_SIZE = 8
+
+MAX_STORAGES = 1 << 24
+MAX_SKELETON = 1 << 31
+
+# Stable dtype ids: never renumbered, never reused. (name, element size in bytes).
+DTYPE_TABLE: dict[int, tuple[str, int]] = {
+    1: ("bool", 1),
+    2: ("uint8", 1),
+    3: ("int8", 1),
+    4: ("int16", 2),
+    5: ("int32", 4),
+    6: ("int64", 8),
+    7: ("float16", 2),
+    8: ("bfloat16", 2),
+    9: ("float32", 4),
+    10: ("float64", 8),
+    11: ("complex32", 4),
+    12: ("complex64", 8),
+    13: ("complex128", 16),
+    14: ("uint16", 2),
+    15: ("uint32", 4),
+    16: ("uint64", 8),
+    17: ("float8_e4m3fn", 1),
+    18: ("float8_e5m2", 1),
+    19: ("float8_e4m3fnuz", 1),
+    20: ("float8_e5m2fnuz", 1),
+    21: ("float8_e8m0fnu", 1),
+    22: ("float4_e2m1fn_x2", 1),
+    23: ("bits8", 1),
+    24: ("bits16", 2),
+    25: ("bits1x8", 1),
+    26: ("bits2x4", 1),
+    27: ("bits4x2", 1),
+}
+DEVICE_TABLE: dict[int, str] = {0: "cpu", 1: "cuda"}
+
+# Resolved against the running torch: dtypes it lacks are simply absent here.
+DTYPE_BY_ID: dict[int, torch.dtype] = {
+    i: getattr(torch, name) for i, (name, _) in DTYPE_TABLE.items() if hasattr(torch, name)
+}
+ID_BY_DTYPE: dict[torch.dtype, int] = {d: i for i, d in DTYPE_BY_ID.items()}
+ITEMSIZE_BY_ID: dict[int, int] = {i: size for i, (_, size) in DTYPE_TABLE.items()}
+ID_BY_DEVICE: dict[str, int] = {name: i for i, name in DEVICE_TABLE.items()}
+
+
+def checksum(data: object) -> int:
+    """XXH3-64, seed 0, of a bytes-like object."""
+    return xxhash.xxh3_64_intdigest(data)  # type: ignore[arg-type]
+
+
+def header_checksum(table: bytes, skeleton: bytes) -> int:
+    """XXH3-64 over the storage table followed by the skeleton."""
+    state = xxhash.xxh3_64()
+    state.update(table)
+    state.update(skeleton)
+    return int(state.intdigest())
+
+
+def swap_unit(dtype_id: int) -> int:
+    """Bytes reversed together when the stream's byte order differs from the host's."""
+    name, size = DTYPE_TABLE[dtype_id]
+    return size // 2 if name.startswith("complex") else size
+
+
+def data_length(table: list[StorageEntry]) -> int:
+    """Bytes from the end of the header to the end of the stream."""
+    return sum(e.nbytes for e in table) + CHECKSUM_SIZE * len(table) + TRAILER_SIZE
+
+
+def dtype_from_id(dtype_id: int, what: str) -> torch.dtype:
+    dtype = DTYPE_BY_ID.get(dtype_id)
+    if dtype is None:
+        if dtype_id in DTYPE_TABLE:
+            raise FormatError(
+                f"{what} has dtype {DTYPE_TABLE[dtype_id][0]}, which torch "
+                f"{torch.__version__} does not have"
+            )
+        raise FormatError(f"{what} has unknown dtype id {dtype_id}")
+    return dtype
+
+
+@dataclass(frozen=True)
+class Preamble:
+    major: int
+    minor: int
+    flags: int
+    storage_count: int
+    skeleton_len: int
+
+    @property
+    def big_endian(self) -> bool:
+        return bool(self.flags & FLAG_BIG_ENDIAN)
+
+
+def pack_preamble(storage_count: int, skeleton_len: int) -> bytes:
+    flags = FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
+    head = _PREAMBLE.pack(MAGIC, MAJOR, MINOR, flags, storage_count, skeleton_len, 0)[:32]
+    return head + _U64.pack(checksum(head))
+
+
+def unpack_preamble(data: bytes) -> Preamble:
+    magic, major, minor, flags, count, skeleton_len, stored = _PREAMBLE.unpack(data)
+    if magic != MAGIC:
+        raise FormatError(f"not a serializer stream: expected magic {MAGIC!r}, found {magic!r}")
+    found = checksum(data[:32])
+    if found != stored:
+        raise ChecksumError("preamble", stored, found)
+    if major != MAJOR:
+        raise VersionError(
+            f"stream has format version {major}.{minor}; this reader understands "
+            f"{MAJOR}.x (up to {MAJOR}.{MINOR}): upgrade serializer to read it"
+        )
+    if flags & ~KNOWN_FLAGS:
+        raise FormatError(f"preamble has unknown flags 0x{flags:08x}")
+    if count > MAX_STORAGES:
+        raise FormatError(f"storage count {count} exceeds the limit {MAX_STORAGES}")
+    if skeleton_len > MAX_SKELETON:
+        raise FormatError(f"skeleton length {skeleton_len} exceeds the limit {MAX_SKELETON}")
+    return Preamble(major, minor, flags, count, skeleton_len)
+
+
+@dataclass(frozen=True)
+class StorageEntry:
+    nbytes: int
+    dtype_id: int
+    device_type: str
+    device_index: int
+
+    @property
+    def location(self) -> str:
+        """The location string torch.load's map_location sees, e.g. 'cpu' or 'cuda:0'."""
+        if self.device_index < 0:
+            return self.device_type
+        return f"{self.device_type}:{self.device_index}"
+
+
+def pack_storage_table(entries: list[tuple[int, int, int, int]]) -> bytes:
+    """Entries of (nbytes, dtype id, device type id, device index)."""
+    pack = _STORAGE.pack
+    return b"".join([pack(n, d, t, 0, i) for n, d, t, i in entries])
+
+
+def unpack_storage_table(data: bytes) -> list[StorageEntry]:
+    table = []
+    for index, (nbytes, dtype_id, device_id, reserved, device_index) in enumerate(
+        _STORAGE.iter_unpack(data)
+    ):
+        what = f"storage {index}"
+        device = DEVICE_TABLE.get(device_id)
+        if device is None:
+            raise FormatError(f"{what} has unknown device type id {device_id}")
+        if dtype_id not in DTYPE_TABLE:
+            raise FormatError(f"{what} has unknown dtype id {dtype_id}")
+        if reserved != 0 or device_index < -1:
+            raise FormatError(f"{what} has a malformed table entry")
+        if nbytes % ITEMSIZE_BY_ID[dtype_id]:
+            raise FormatError(
+                f"{what} holds {nbytes} bytes, not a whole number of "
+                f"{DTYPE_TABLE[dtype_id][0]} elements"
+            )
+        table.append(StorageEntry(nbytes, dtype_id, device, device_index))
+    return table
+
+
+def pack_checksum(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_checksum(data: bytes | bytearray | memoryview) -> int:
+    return int(_U64.unpack(data)[0])
+
+
+def pack_trailer(storage_count: int, offset: int) -> bytes:
+    head = _TRAILER.pack(END_MAGIC, storage_count, offset, 0)[:24]
+    return head + _U64.pack(checksum(head))
+
+
+def check_trailer(data: bytes, storage_count: int, offset: int) -> None:
+    magic, count, stored_offset, stored = _TRAILER.unpack(data)
+    if magic != END_MAGIC:
+        raise FormatError(f"expected end marker {END_MAGIC!r}, found {magic!r}")
+    found = checksum(data[:24])
+    if found != stored:
+        raise ChecksumError("end marker", stored, found)
+    if count != storage_count or stored_offset != offset:
+        raise FormatError(
+            f"end marker says {count} storages and {stored_offset} bytes, "
+            f"but the stream held {storage_count} storages and {offset} bytes"
+        )
+
+
+# Tensor references in the skeleton (pickle persistent ids):
+# (kind, storage index, dtype id, shape, stride, storage offset, requires_grad)
+TENSOR = "t"
+PARAMETER = "p"
+_REF_KINDS = (TENSOR, PARAMETER)
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    kind: str
+    storage: int
+    dtype_id: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    requires_grad: bool
+
+
+def pack_ref(
+    kind: str,
+    storage: int,
+    dtype_id: int,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    offset: int,
+    requires_grad: bool,
+) -> tuple[object, ...]:
+    return (kind, storage, dtype_id, shape, stride, offset, requires_grad)
+
+
+def unpack_ref(pid: object, table: list[StorageEntry]) -> TensorRef:
+    """Validate a persistent id from an untrusted skeleton against the storage table."""
+    if not (isinstance(pid, tuple) and len(pid) == 7):
+        raise FormatError(f"malformed tensor reference {pid!r:.200}")
+    kind, storage, dtype_id, shape, stride, offset, requires_grad = pid
+    if (
+        kind not in _REF_KINDS
+        or type(storage) is not int
+        or type(dtype_id) is not int
+        or type(offset) is not int
+        or type(requires_grad) is not bool
+        or type(shape) is not tuple
+        or type(stride) is not tuple
+        or len(shape) != len(stride)
+        or not all(type(n) is int and n >= 0 for n in shape)
+        or not all(type(s) is int for s in stride)
+    ):
+        raise FormatError(f"malformed tensor reference {pid!r:.200}")
+    if not 0 <= storage < len(table):
+        raise FormatError(f"tensor reference names storage {storage} of {len(table)}")
+    entry = table[storage]
+    itemsize = ITEMSIZE_BY_ID.get(dtype_id)
+    if itemsize is None:
+        raise FormatError(f"tensor reference has unknown dtype id {dtype_id}")
+    if itemsize != ITEMSIZE_BY_ID[entry.dtype_id]:
+        raise FormatError(
+            f"tensor reference of dtype {DTYPE_TABLE[dtype_id][0]} views storage {storage} "
+            f"of dtype {DTYPE_TABLE[entry.dtype_id][0]}"
+        )
+    if offset < 0 or any(s < 0 for s in stride):
+        raise FormatError(f"tensor reference has a negative offset or stride: {pid!r:.200}")
+    if 0 not in shape:
+        last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
+        if (last + 1) * itemsize > entry.nbytes:
+            raise FormatError(
+                f"tensor reference of shape {list(shape)}, stride {list(stride)}, offset "
+                f"{offset} reaches past the {entry.nbytes} bytes of storage {storage}"
+            )
+    return TensorRef(kind, storage, dtype_id, shape, stride, offset, requires_grad)

@@ -1,0 +1,317 @@
+"""Exact, counted reads and writes over any binary file-like object or socket.
+
+`Sink` and `Source` move bytes and checksum every record as it passes. Small pieces are
+coalesced in one staging buffer (fewer system calls); large pieces go straight between tensor
+memory and the file, hashed on a helper thread while the next piece moves. A `Source` never
+reads past the end of the stream it is reading, so streams can follow each other on one
+socket.
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+import xxhash
+
+from . import _format
+from ._errors import ChecksumError, TruncatedError
+
+STAGE_SIZE = 1 << 20  # staging buffer for small pieces
+SMALL = 64 << 10  # pieces below this are staged
+PIECE = 8 << 20  # large reads are split into pieces of this size to overlap hashing
+HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
+
+
+class _Hasher:
+    """Hashes large pieces on one helper thread, in submission order."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def submit(self, state: Any, data: memoryview) -> None:
+        if len(data) < HASH_IN_THREAD:
+            state.update(data)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="serializer-hash")
+        self._pending.append(self._pool.submit(state.update, data))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+def _wait_ready(f: Any, writable: bool) -> None:
+    """Block until a non-blocking file is ready, or fail if it cannot be waited on."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise BlockingIOError("the stream is non-blocking and has no file descriptor") from None
+    if writable:
+        select.select([], [fd], [])
+    else:
+        select.select([fd], [], [])
+
+
+def _check_binary(f: Any, what: str) -> None:
+    if isinstance(f, io.TextIOBase):
+        raise TypeError(f"{what} needs a binary file object, got a text stream {f!r}")
+
+
+class Sink:
+    """Writes a stream to `f`, counting bytes and checksumming records."""
+
+    def __init__(self, f: Any) -> None:
+        _check_binary(f, "save")
+        self._f = f
+        self._raw_write: Callable[[memoryview], None]
+        if isinstance(f, socket.socket):
+            self._raw_write = f.sendall
+        else:
+            self._raw_write = self._write_loop
+        self.offset = 0
+        self._stage = bytearray(STAGE_SIZE)
+        self._stage_mv = memoryview(self._stage)
+        self._fill = 0
+        self._hasher = _Hasher()
+        self._record: Any = None
+
+    def _write_loop(self, data: memoryview) -> None:
+        write = self._f.write
+        while data:
+            n = write(data)
+            if n is None:  # non-blocking raw file that would block
+                _wait_ready(self._f, writable=True)
+                continue
+            if n == len(data):
+                return
+            data = data[n:]
+
+    def flush_stage(self) -> None:
+        if self._fill:
+            self._raw_write(self._stage_mv[: self._fill])
+            self._fill = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write bytes that are not part of a record's checksummed payload."""
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        if n < SMALL:
+            if self._fill + n > STAGE_SIZE:
+                self.flush_stage()
+            self._stage_mv[self._fill : self._fill + n] = mv
+            self._fill += n
+        else:
+            self.flush_stage()
+            self._raw_write(mv)
+        self.offset += n
+
+    def write_record(self, data: memoryview) -> None:
+        """Write one whole record (payload and checksum) from memory that stays valid."""
+        if len(data) < HASH_IN_THREAD:
+            self.write(data)
+            self.write(_format.pack_checksum(_format.checksum(data)))
+            return
+        self.begin_record()
+        self.write_chunk(data)
+        self.end_record()
+
+    def begin_record(self) -> None:
+        self._record = xxhash.xxh3_64()
+
+    def write_chunk(self, data: memoryview) -> None:
+        """Write part of a record; `data` may be reused once this returns."""
+        data = data.cast("B") if data.format != "B" else data
+        self._hasher.submit(self._record, data)
+        self.write(data)
+        self._hasher.wait()
+
+    def end_record(self) -> None:
+        self._hasher.wait()
+        self.write(_format.pack_checksum(self._record.intdigest()))
+        self._record = None
+
+    def abort(self) -> None:
+        """Stop after a failure: nothing more is written."""
+        self._fill = 0
+        self._hasher.close()
+
+    def close(self) -> None:
+        self.flush_stage()
+        self._hasher.close()
+        flush = getattr(self._f, "flush", None)
+        if flush is not None:
+            flush()
+
+
+class Source:
+    """Reads a stream from `f` exactly, counting bytes and verifying record checksums.
+
+    Reads ahead into a staging buffer only up to `limit`, the end of the stream once the
+    header has told how long it is; before that, only what is asked for.
+    """
+
+    def __init__(self, f: Any) -> None:
+        _check_binary(f, "load")
+        self._f = f
+        self._raw_readinto: Callable[[memoryview], int | None]
+        if isinstance(f, socket.socket):
+            self._raw_readinto = f.recv_into
+        elif hasattr(f, "readinto"):
+            self._raw_readinto = f.readinto
+        elif hasattr(f, "read"):
+            self._raw_readinto = self._readinto_via_read
+        else:
+            raise TypeError(f"load needs a readable binary file object, got {f!r}")
+        self.offset = 0  # bytes consumed by the caller
+        self._raw_offset = 0  # bytes taken from f
+        self.limit = 0  # never read past this raw offset
+        self._buf = bytearray(STAGE_SIZE)
+        self._buf_mv = memoryview(self._buf)
+        self._pos = 0
+        self._end = 0
+        self._hasher = _Hasher()
+        self._scratch: memoryview | None = None
+
+    def _readinto_via_read(self, mv: memoryview) -> int | None:
+        data = self._f.read(len(mv))
+        if data is None:
+            return None
+        mv[: len(data)] = data
+        return len(data)
+
+    def _raw(self, mv: memoryview) -> int:
+        while True:
+            n = self._raw_readinto(mv)
+            if n is None:
+                _wait_ready(self._f, writable=False)
+                continue
+            self._raw_offset += n
+            return n
+
+    def readinto(self, mv: memoryview, what: str) -> None:
+        """Fill `mv` completely or raise TruncatedError naming `what`."""
+        want = len(mv)
+        got = min(self._end - self._pos, want)
+        if got:
+            mv[:got] = self._buf_mv[self._pos : self._pos + got]
+            self._pos += got
+        while got < want:
+            rest = want - got
+            ahead = self.limit - self._raw_offset
+            if rest < SMALL and ahead > rest:
+                n = self._raw(self._buf_mv[: min(STAGE_SIZE, ahead)])
+                if n == 0:
+                    raise TruncatedError(what, want, got)
+                k = min(n, rest)
+                mv[got : got + k] = self._buf_mv[:k]
+                self._pos, self._end = k, n
+                got += k
+            else:
+                n = self._raw(mv[got:])
+                if n == 0:
+                    raise TruncatedError(what, want, got)
+                got += n
+        self.offset += want
+
+    def read(self, n: int, what: str) -> bytes:
+        """Read exactly `n` bytes, growing the result only as data arrives."""
+        if n <= PIECE:
+            out = bytearray(n)
+            self.readinto(memoryview(out), what)
+            return bytes(out)
+        parts = []
+        for start in range(0, n, PIECE):
+            size = min(PIECE, n - start)
+            part = bytearray(size)
+            try:
+                self.readinto(memoryview(part), what)
+            except TruncatedError as e:
+                raise TruncatedError(what, n, start + e.received) from None
+            parts.append(part)
+        return b"".join(parts)
+
+    def _verify(self, state: Any, what: str) -> None:
+        stored = _format.unpack_checksum(self.read(_format.CHECKSUM_SIZE, f"checksum of {what}"))
+        found = state.intdigest()
+        if stored != found:
+            raise ChecksumError(what, stored, found)
+
+    def read_record(self, mv: memoryview, what: str) -> None:
+        """Fill `mv` with one record's payload and verify the checksum after it."""
+        if len(mv) < HASH_IN_THREAD:
+            self.readinto(mv, what)
+            stored = _format.unpack_checksum(self.read(_format.CHECKSUM_SIZE, f"checksum of {what}"))
+            found = _format.checksum(mv)
+            if stored != found:
+                raise ChecksumError(what, stored, found)
+            return
+        self.begin_record()
+        for start in range(0, len(mv), PIECE):
+            piece = mv[start : start + PIECE]
+            try:
+                self.read_chunk(piece, what)
+            except TruncatedError as e:
+                raise TruncatedError(what, len(mv), start + e.received) from None
+        self.end_record(what)
+
+    def begin_record(self) -> None:
+        self._record = xxhash.xxh3_64()
+
+    def read_chunk(self, mv: memoryview, what: str) -> None:
+        """Read part of a record; it is hashed in the background until `sync`."""
+        self.readinto(mv, what)
+        self._hasher.submit(self._record, mv)
+
+    def sync(self) -> None:
+        """Wait until every chunk read so far has been hashed (before reusing its memory)."""
+        self._hasher.wait()
+
+    def end_record(self, what: str) -> None:
+        self._hasher.wait()
+        self._verify(self._record, what)
+        self._record = None
+
+    def skip(self, n: int) -> bool:
+        """Move `n` bytes ahead by seeking, if `f` is a seekable file; False if it is not."""
+        seekable = getattr(self._f, "seekable", None)
+        try:
+            if isinstance(self._f, socket.socket) or seekable is None or not seekable():
+                return False
+        except (OSError, ValueError):
+            return False
+        buffered = self._end - self._pos
+        self._f.seek(n - buffered, io.SEEK_CUR)
+        self._pos = self._end = 0
+        self._raw_offset += n - buffered
+        self.offset += n
+        return True
+
+    def skip_record(self, nbytes: int, what: str) -> None:
+        """Read and verify a record without keeping it."""
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(PIECE))
+        self.begin_record()
+        for start in range(0, nbytes, PIECE):
+            piece = self._scratch[: min(PIECE, nbytes - start)]
+            try:
+                self.read_chunk(piece, what)
+            except TruncatedError as e:
+                raise TruncatedError(what, nbytes, start + e.received) from None
+            self._hasher.wait()
+        self.end_record(what)
+
+    def close(self) -> None:
+        self._hasher.close()

@@ -1,0 +1,54 @@
+"""Maps a device type to the backend that moves its bytes. Backends are imported on demand,
+so the core never imports one, and a consumer may ship only the backends it uses."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import torch
+
+from ._errors import UnsupportedError
+from ._io import Sink, Source
+
+_MODULES = {
+    "cpu": "serializer.backends.cpu",
+    "cuda": "serializer.backends.cuda",
+}
+_loaded: dict[str, "Backend"] = {}
+
+
+class Backend(Protocol):
+    """Moves storage bytes between device memory and a stream.
+
+    `data` is always a 1-D contiguous uint8 tensor on the backend's device: the bytes of one
+    storage (or of one destination tensor, for in-place loads).
+    """
+
+    def write(self, data: torch.Tensor, sink: Sink) -> None:
+        """Write `data` as one record: payload, then checksum."""
+
+    def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """Allocate (uninitialized) destination bytes."""
+
+    def read(self, data: torch.Tensor, source: Source, what: str) -> None:
+        """Fill `data` from one record and verify its checksum."""
+
+
+def backend_for(device_type: str) -> Backend:
+    backend = _loaded.get(device_type)
+    if backend is None:
+        module = _MODULES.get(device_type)
+        if module is None:
+            raise UnsupportedError(
+                f"tensors on device type {device_type!r} are not supported "
+                f"(supported: {', '.join(sorted(_MODULES))}); move them to the CPU first"
+            )
+        backend = importlib.import_module(module).BACKEND
+        _loaded[device_type] = backend
+    return backend
+
+
+def as_bytes(storage: torch.UntypedStorage) -> torch.Tensor:
+    """A 1-D uint8 tensor over all bytes of `storage`."""
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
