@@ -1,0 +1,1 @@
+"""Placeholder: the sharding plugin is being written (see issue 3)."""
