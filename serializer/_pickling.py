@@ -7,6 +7,7 @@ the caller added with `add_safe_globals`, and what torch's own allowlist holds.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import contextlib
 import io
@@ -150,6 +151,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Resolves only allowlisted globals."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 2 streams name Python 3 builtins by their Python 2 names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         full = f"{module}.{name}"
         found = _lookup(full)
         if found is None:

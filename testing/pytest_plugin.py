@@ -1,1 +1,44 @@
-"""Placeholder: fixtures are being written (see issue 2)."""
+"""pytest fixtures over the shared catalog; loaded with ``-p testing.pytest_plugin``.
+
+- ``case``: parametrized over every `testing.cases.Case` (ids are the case names).
+- ``transport``: parametrized over `testing.transports.TRANSPORTS` (a function
+  ``transport(obj, load) -> loaded``).
+- ``cuda_device``: a CUDA device; tests using it, or marked ``gpu``, skip where none is present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from testing.cases import Case, catalog
+from testing.transports import TRANSPORTS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        cases = catalog()
+        metafunc.parametrize("case", cases, ids=[c.name for c in cases])
+    if "transport" in metafunc.fixturenames:
+        metafunc.parametrize("transport", list(TRANSPORTS.values()), ids=list(TRANSPORTS))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_device() -> Any:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; torch.cuda.is_available() is False")
+    return torch.device("cuda", 0)
+
+
+__all__ = ["Case"]
