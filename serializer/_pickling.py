@@ -36,6 +36,13 @@ def _name_of(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
+def _bytes(*args: Any) -> bytes:
+    """``bytes`` as protocol 2 pickles empty bytes, without ``bytes(n)`` allocations."""
+    if any(isinstance(a, int) for a in args):
+        raise FormatError("skeleton calls bytes() with a size")
+    return bytes(*args)
+
+
 def _builtin_allowlist() -> dict[str, Any]:
     allowed: dict[str, Any] = {
         "collections.OrderedDict": collections.OrderedDict,
@@ -43,6 +50,7 @@ def _builtin_allowlist() -> dict[str, Any]:
         "builtins.frozenset": frozenset,
         "builtins.complex": complex,
         "builtins.slice": slice,
+        "builtins.bytes": _bytes,
         "_codecs.encode": __import__("_codecs").encode,  # bytes under pickle protocol 2
         "torch.Size": torch.Size,
         "torch.device": torch.device,

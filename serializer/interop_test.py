@@ -1,0 +1,73 @@
+"""Streams written by torch's own _streaming_save load through serializer.load."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import threading
+
+import pytest
+import torch
+
+import serializer
+from testing.cases import Case, MyClass, assert_same
+from testing.transports import Trickle
+
+_serialization = pytest.importorskip(
+    "torch.distributed._serialization", reason="this torch has no _streaming_save (< 2.7)"
+)
+
+
+def _torch_stream(obj: object) -> bytes:
+    buf = io.BytesIO()
+    _serialization._streaming_save(obj, buf)
+    return buf.getvalue()
+
+
+def _zero_size_loads_in_torch() -> bool:
+    try:
+        _serialization._streaming_load(io.BytesIO(_torch_stream({"z": torch.zeros(0)})))
+    except ValueError:
+        return False
+    return True
+
+
+def test_reads_torch_streams_of_the_catalog(case: Case) -> None:
+    obj = case.build("cpu")
+    try:
+        data = _torch_stream(obj)
+    except Exception as e:  # torch refuses some dtypes on some versions
+        pytest.skip(f"torch's _streaming_save cannot write this case: {e}")
+    if "zero-size" in case.name or case.name == "torch-empty":
+        if not _zero_size_loads_in_torch():
+            pytest.skip("torch's own reader breaks on zero-size tensors before 2.10")
+    buf = io.BytesIO(data + b"next")
+    loaded = serializer.load(buf, weights_only=case.weights_only)
+    assert_same(loaded, obj)
+    assert buf.read() == b"next", "load must consume exactly the torch stream"
+
+
+def test_torch_stream_over_a_raw_pipe_with_short_reads() -> None:
+    obj = {"a": torch.arange(1000, dtype=torch.float32), "b": "x"}
+    data = _torch_stream(obj)
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    writer.start()
+    with open(r, "rb", buffering=0) as f:
+        assert_same(serializer.load(Trickle(f)), obj)
+    writer.join()
+
+
+def test_truncated_torch_stream_is_a_truncation_error() -> None:
+    data = _torch_stream({"a": torch.arange(100, dtype=torch.float32)})
+    for cut in (1, len(data) // 2, len(data) - 1):
+        with pytest.raises(serializer.TruncatedError):
+            serializer.load(io.BytesIO(data[:cut]))
+
+
+def test_torch_stream_weights_only_semantics() -> None:
+    data = _torch_stream({"obj": MyClass(1)})
+    with pytest.raises(pickle.UnpicklingError, match="not an allowed global"):
+        serializer.load(io.BytesIO(data))
+    assert serializer.load(io.BytesIO(data), weights_only=False) == {"obj": MyClass(1)}
