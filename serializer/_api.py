@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import pickle
 import sys
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
@@ -36,6 +39,37 @@ MapLocation = Union[
 ]
 
 
+# ---------------------------------------------------------------------------- gc
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic GC while a stream is processed.
+
+    Tens of thousands of tensors are tracked objects; on Python < 3.12 the collections they
+    trigger cost up to a third of a load. Nested and concurrent uses share one pause; the GC
+    is re-enabled by the last one out, and only if it was enabled before the first.
+    """
+    global _gc_users, _gc_was_enabled
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
+
+
 # ---------------------------------------------------------------------------- save
 
 
@@ -45,9 +79,10 @@ class _Collector:
     def __init__(self) -> None:
         self.storages: list[torch.UntypedStorage] = []
         self.entries: list[tuple[int, int, int, int]] = []
+        self.tensors: list[bytes] = []
         self._index: dict[int, int] = {}
 
-    def __call__(self, obj: Any) -> tuple[object, ...]:
+    def __call__(self, obj: Any) -> int:
         if not isinstance(obj, torch.Tensor):
             raise UnsupportedError(
                 f"bare {type(obj).__name__} objects are not supported; save a tensor that views it"
@@ -58,10 +93,10 @@ class _Collector:
             kind = _format.TENSOR
         else:
             raise UnsupportedError(f"tensor subclass {type(obj).__qualname__} is not supported")
-        t = obj.detach()
+        t = obj
         dtype_id = _check_savable(t)
         if t.is_conj() or t.is_neg():
-            t = t.resolve_conj().resolve_neg()
+            t = t.detach().resolve_conj().resolve_neg()
         storage = t.untyped_storage()
         key = storage._cdata
         index = self._index.get(key)
@@ -86,15 +121,13 @@ class _Collector:
                     f"{_format.DTYPE_TABLE[dtype_id][0]}, which have different element sizes; "
                     f"save a copy (.clone()) of one of them"
                 )
-        return _format.pack_ref(
-            kind,
-            index,
-            dtype_id,
-            tuple(t.shape),
-            tuple(t.stride()),
-            t.storage_offset(),
-            obj.requires_grad,
+        self.tensors.append(
+            _format.pack_tensor(
+                kind, index, dtype_id, tuple(t.shape), t.stride(), t.storage_offset(),
+                obj.requires_grad,
+            )
         )
+        return len(self.tensors) - 1
 
 
 def _check_savable(t: torch.Tensor) -> int:
@@ -130,15 +163,25 @@ def save(
 
     Same arguments as ``torch.distributed._serialization._streaming_save``.
     """
+    with _gc_paused():
+        _save(obj, f, pickle_module, pickle_protocol)
+
+
+def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None:
     collector = _Collector()
     skeleton = _pickling.dumps(obj, pickle_module, pickle_protocol, collector)
     table = _format.pack_storage_table(collector.entries)
+    tensors = b"".join(collector.tensors)
     sink = Sink(f)
     try:
-        sink.write(_format.pack_preamble(len(collector.storages), len(skeleton)))
-        sink.write(table)
-        sink.write(skeleton)
-        sink.write(_format.pack_checksum(_format.header_checksum(table, skeleton)))
+        sink.write(
+            _format.pack_preamble(
+                len(collector.storages), len(collector.tensors), len(tensors), len(skeleton)
+            )
+        )
+        for part in (table, tensors, skeleton):
+            sink.write(part)
+        sink.write(_format.pack_checksum(_format.header_checksum(table, tensors, skeleton)))
         for storage in collector.storages:
             backend_for(storage.device.type).write(as_bytes(storage), sink)
         sink.write(_format.pack_trailer(len(collector.storages), sink.offset))
@@ -155,22 +198,33 @@ def save(
 class _Header:
     preamble: _format.Preamble
     table: list[StorageEntry]
+    tensors: list[TensorRef]
     skeleton: bytes
 
 
 def _read_header(src: Source, first: bytes) -> _Header:
     pre = _format.unpack_preamble(first + src.read(_format.PREAMBLE_SIZE - 1, "preamble"))
     table_len = pre.storage_count * _format.STORAGE_ENTRY_SIZE
-    src.limit = src.offset + table_len + pre.skeleton_len + _format.CHECKSUM_SIZE
+    src.limit = (
+        src.offset + table_len + pre.tensor_table_len + pre.skeleton_len + _format.CHECKSUM_SIZE
+    )
     table_bytes = src.read(table_len, "storage table")
+    tensor_bytes = src.read(pre.tensor_table_len, "tensor table")
     skeleton = src.read(pre.skeleton_len, "skeleton")
     stored = _format.unpack_checksum(src.read(_format.CHECKSUM_SIZE, "checksum of the header"))
-    found = _format.header_checksum(table_bytes, skeleton)
+    found = _format.header_checksum(table_bytes, tensor_bytes, skeleton)
     if stored != found:
         raise ChecksumError("header", stored, found)
     table = _format.unpack_storage_table(table_bytes)
+    tensors = _format.unpack_tensor_table(tensor_bytes, pre.tensor_count, table)
     src.limit = src.offset + _format.data_length(table)
-    return _Header(pre, table, skeleton)
+    return _Header(pre, table, tensors, skeleton)
+
+
+def _ref(header: _Header, pid: Any) -> TensorRef:
+    if type(pid) is not int or not 0 <= pid < len(header.tensors):
+        raise FormatError(f"skeleton names tensor {pid!r:.100} of {len(header.tensors)}")
+    return header.tensors[pid]
 
 
 def _check_trailer(src: Source, header: _Header) -> None:
@@ -328,10 +382,8 @@ def _unpickle(
     pickle_module: Any,
     pickle_load_args: dict[str, Any],
 ) -> Any:
-    table = header.table
-
     def persistent_load(pid: Any) -> torch.Tensor:
-        ref = _format.unpack_ref(pid, table)
+        ref = _ref(header, pid)
         try:
             return _rebuild(ref, storages[ref.storage])
         except SerializerError:
@@ -355,10 +407,9 @@ def _placeholder_skeleton(
     pickle_load_args: dict[str, Any],
 ) -> Any:
     """The skeleton with each tensor left as its `TensorRef` (no data needed)."""
-    table = header.table
     return _pickling.loads(
         header.skeleton,
-        lambda pid: _format.unpack_ref(pid, table),
+        lambda pid: _ref(header, pid),
         weights_only=weights_only,
         pickle_module=pickle_module,
         **pickle_load_args,
@@ -419,7 +470,7 @@ def load(
     """
     pickle_module = _pickle_module_for(pickle_module, weights_only)
     src = Source(f)
-    try:
+    with _gc_paused(), contextlib.closing(src):
         first = src.read(1, "magic")
         if first == TORCH_STREAM_FIRST_BYTE:
             from ._torch_compat import load_torch_stream
@@ -430,8 +481,6 @@ def load(
         header = _read_header(src, first)
         storages = _read_storages(src, header, map_location, None)
         return _unpickle(header, storages, weights_only, pickle_module, pickle_load_args)
-    finally:
-        src.close()
 
 
 def load_keys(
@@ -449,7 +498,7 @@ def load_keys(
     """
     pickle_module = _pickle_module_for(pickle_module, weights_only)
     src = Source(f)
-    try:
+    with _gc_paused(), contextlib.closing(src):
         header = _read_header(src, src.read(1, "magic"))
         outline = _placeholder_skeleton(header, weights_only, pickle_module, pickle_load_args)
         if not isinstance(outline, Mapping):
@@ -463,8 +512,6 @@ def load_keys(
         storages = _read_storages(src, header, map_location, wanted)
         obj = _unpickle(header, storages, weights_only, pickle_module, pickle_load_args)
         return {k: obj[k] for k in keys}
-    finally:
-        src.close()
 
 
 class LoadResult(NamedTuple):
@@ -497,7 +544,7 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
     read once and copied into each destination that views them.
     """
     src = Source(f)
-    try:
+    with _gc_paused(), contextlib.closing(src):
         header = _read_header(src, src.read(1, "magic"))
         outline = _placeholder_skeleton(header, True, None, {})
         stream = dict(_walk(outline, TensorRef))
@@ -537,8 +584,6 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
                     raise _named(header, index, e) from None
         _check_trailer(src, header)
         return LoadResult(missing, unexpected)
-    finally:
-        src.close()
 
 
 def _fill(
@@ -627,7 +672,7 @@ def read_index(f: Any, *, weights_only: bool = True, pickle_module: Any = None) 
     """
     pickle_module = _pickle_module_for(pickle_module, weights_only)
     src = Source(f)
-    try:
+    with _gc_paused(), contextlib.closing(src):
         start = src.offset
         header = _read_header(src, src.read(1, "magic"))
         outline = _placeholder_skeleton(header, weights_only, pickle_module, {})
@@ -658,5 +703,3 @@ def read_index(f: Any, *, weights_only: bool = True, pickle_module: Any = None) 
         _check_trailer(src, header)
         pre = header.preamble
         return StreamIndex((pre.major, pre.minor), tensors, header.table, src.offset - start)
-    finally:
-        src.close()

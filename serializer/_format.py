@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import xxhash
@@ -22,9 +23,11 @@ MINOR = 0
 FLAG_BIG_ENDIAN = 1
 KNOWN_FLAGS = FLAG_BIG_ENDIAN
 
-# magic, major, minor, flags, storage count, skeleton length, xxh3 of the first 32 bytes
-_PREAMBLE = struct.Struct("<8sHHIQQQ")
-PREAMBLE_SIZE = _PREAMBLE.size  # 40
+# magic, major, minor, flags, storage count, tensor count, tensor table length,
+# skeleton length, xxh3 of the first 40 bytes
+_PREAMBLE = struct.Struct("<8sHHIIIQQQ")
+PREAMBLE_SIZE = _PREAMBLE.size  # 48
+_PREAMBLE_SUMMED = PREAMBLE_SIZE - 8
 # nbytes, dtype id, device type id, reserved, device index (-1: none)
 _STORAGE = struct.Struct("<QHBBi")
 STORAGE_ENTRY_SIZE = _STORAGE.size  # 16
@@ -34,7 +37,13 @@ TRAILER_SIZE = _TRAILER.size  # 32
 _U64 = struct.Struct("<Q")
 CHECKSUM_SIZE = 8
 
+# storage, dtype id, kind, flags, storage offset, ndim; then ndim sizes and ndim strides (u64)
+_TENSOR = struct.Struct("<IHBBQI")
+TENSOR_ENTRY_SIZE = _TENSOR.size  # 20
+
 MAX_STORAGES = 1 << 24
+MAX_TENSORS = 1 << 24
+MAX_NDIM = 64
 MAX_SKELETON = 1 << 31
 
 # Stable dtype ids: never renumbered, never reused. (name, element size in bytes).
@@ -83,11 +92,11 @@ def checksum(data: object) -> int:
     return xxhash.xxh3_64_intdigest(data)  # type: ignore[arg-type]
 
 
-def header_checksum(table: bytes, skeleton: bytes) -> int:
-    """XXH3-64 over the storage table followed by the skeleton."""
+def header_checksum(*parts: bytes) -> int:
+    """XXH3-64 over the header's parts in order: storage table, tensor table, skeleton."""
     state = xxhash.xxh3_64()
-    state.update(table)
-    state.update(skeleton)
+    for part in parts:
+        state.update(part)
     return int(state.intdigest())
 
 
@@ -120,6 +129,8 @@ class Preamble:
     minor: int
     flags: int
     storage_count: int
+    tensor_count: int
+    tensor_table_len: int
     skeleton_len: int
 
     @property
@@ -127,17 +138,24 @@ class Preamble:
         return bool(self.flags & FLAG_BIG_ENDIAN)
 
 
-def pack_preamble(storage_count: int, skeleton_len: int) -> bytes:
+def pack_preamble(
+    storage_count: int, tensor_count: int, tensor_table_len: int, skeleton_len: int
+) -> bytes:
     flags = FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
-    head = _PREAMBLE.pack(MAGIC, MAJOR, MINOR, flags, storage_count, skeleton_len, 0)[:32]
+    head = _PREAMBLE.pack(
+        MAGIC, MAJOR, MINOR, flags, storage_count, tensor_count, tensor_table_len,
+        skeleton_len, 0,
+    )[:_PREAMBLE_SUMMED]
     return head + _U64.pack(checksum(head))
 
 
 def unpack_preamble(data: bytes) -> Preamble:
-    magic, major, minor, flags, count, skeleton_len, stored = _PREAMBLE.unpack(data)
+    magic, major, minor, flags, count, tensors, tensor_len, skeleton_len, stored = (
+        _PREAMBLE.unpack(data)
+    )
     if magic != MAGIC:
         raise FormatError(f"not a serializer stream: expected magic {MAGIC!r}, found {magic!r}")
-    found = checksum(data[:32])
+    found = checksum(data[:_PREAMBLE_SUMMED])
     if found != stored:
         raise ChecksumError("preamble", stored, found)
     if major != MAJOR:
@@ -149,13 +167,19 @@ def unpack_preamble(data: bytes) -> Preamble:
         raise FormatError(f"preamble has unknown flags 0x{flags:08x}")
     if count > MAX_STORAGES:
         raise FormatError(f"storage count {count} exceeds the limit {MAX_STORAGES}")
+    if tensors > MAX_TENSORS:
+        raise FormatError(f"tensor count {tensors} exceeds the limit {MAX_TENSORS}")
+    most = tensors * (TENSOR_ENTRY_SIZE + 16 * MAX_NDIM)
+    if not tensors * TENSOR_ENTRY_SIZE <= tensor_len <= most:
+        raise FormatError(
+            f"tensor table length {tensor_len} is impossible for {tensors} tensors"
+        )
     if skeleton_len > MAX_SKELETON:
         raise FormatError(f"skeleton length {skeleton_len} exceeds the limit {MAX_SKELETON}")
-    return Preamble(major, minor, flags, count, skeleton_len)
+    return Preamble(major, minor, flags, count, tensors, tensor_len, skeleton_len)
 
 
-@dataclass(frozen=True)
-class StorageEntry:
+class StorageEntry(NamedTuple):
     nbytes: int
     dtype_id: int
     device_type: str
@@ -224,16 +248,14 @@ def check_trailer(data: bytes, storage_count: int, offset: int) -> None:
         )
 
 
-# Tensor references in the skeleton (pickle persistent ids):
-# (kind, storage index, dtype id, shape, stride, storage offset, requires_grad)
-TENSOR = "t"
-PARAMETER = "p"
-_REF_KINDS = (TENSOR, PARAMETER)
+# The tensor table. The skeleton's persistent ids are indices into it.
+TENSOR = 0
+PARAMETER = 1
+_REQUIRES_GRAD = 1
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    kind: str
+class TensorRef(NamedTuple):
+    kind: int
     storage: int
     dtype_id: int
     shape: tuple[int, ...]
@@ -242,54 +264,58 @@ class TensorRef:
     requires_grad: bool
 
 
-def pack_ref(
-    kind: str,
+def pack_tensor(
+    kind: int,
     storage: int,
     dtype_id: int,
     shape: tuple[int, ...],
     stride: tuple[int, ...],
     offset: int,
     requires_grad: bool,
-) -> tuple[object, ...]:
-    return (kind, storage, dtype_id, shape, stride, offset, requires_grad)
+) -> bytes:
+    ndim = len(shape)
+    head = _TENSOR.pack(storage, dtype_id, kind, _REQUIRES_GRAD if requires_grad else 0, offset, ndim)
+    return head + struct.pack(f"<{2 * ndim}Q", *shape, *stride)
 
 
-def unpack_ref(pid: object, table: list[StorageEntry]) -> TensorRef:
-    """Validate a persistent id from an untrusted skeleton against the storage table."""
-    if not (isinstance(pid, tuple) and len(pid) == 7):
-        raise FormatError(f"malformed tensor reference {pid!r:.200}")
-    kind, storage, dtype_id, shape, stride, offset, requires_grad = pid
-    if (
-        kind not in _REF_KINDS
-        or type(storage) is not int
-        or type(dtype_id) is not int
-        or type(offset) is not int
-        or type(requires_grad) is not bool
-        or type(shape) is not tuple
-        or type(stride) is not tuple
-        or len(shape) != len(stride)
-        or not all(type(n) is int and n >= 0 for n in shape)
-        or not all(type(s) is int for s in stride)
-    ):
-        raise FormatError(f"malformed tensor reference {pid!r:.200}")
-    if not 0 <= storage < len(table):
-        raise FormatError(f"tensor reference names storage {storage} of {len(table)}")
-    entry = table[storage]
-    itemsize = ITEMSIZE_BY_ID.get(dtype_id)
-    if itemsize is None:
-        raise FormatError(f"tensor reference has unknown dtype id {dtype_id}")
-    if itemsize != ITEMSIZE_BY_ID[entry.dtype_id]:
-        raise FormatError(
-            f"tensor reference of dtype {DTYPE_TABLE[dtype_id][0]} views storage {storage} "
-            f"of dtype {DTYPE_TABLE[entry.dtype_id][0]}"
-        )
-    if offset < 0 or any(s < 0 for s in stride):
-        raise FormatError(f"tensor reference has a negative offset or stride: {pid!r:.200}")
-    if 0 not in shape:
-        last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
-        if (last + 1) * itemsize > entry.nbytes:
+def unpack_tensor_table(data: bytes, count: int, table: list[StorageEntry]) -> list[TensorRef]:
+    """Parse and validate every tensor entry against the storage table."""
+    refs = []
+    pos = 0
+    unpack_head = _TENSOR.unpack_from
+    for index in range(count):
+        if pos + TENSOR_ENTRY_SIZE > len(data):
+            raise FormatError(f"tensor table ends inside tensor {index}")
+        storage, dtype_id, kind, flags, offset, ndim = unpack_head(data, pos)
+        pos += TENSOR_ENTRY_SIZE
+        if ndim > MAX_NDIM or pos + 16 * ndim > len(data):
+            raise FormatError(f"tensor {index} has a malformed entry (ndim {ndim})")
+        dims = struct.unpack_from(f"<{2 * ndim}Q", data, pos)
+        pos += 16 * ndim
+        shape, stride = dims[:ndim], dims[ndim:]
+        if kind > PARAMETER or flags & ~_REQUIRES_GRAD:
+            raise FormatError(f"tensor {index} has unknown kind {kind} or flags {flags}")
+        if storage >= len(table):
+            raise FormatError(f"tensor {index} names storage {storage} of {len(table)}")
+        entry = table[storage]
+        itemsize = ITEMSIZE_BY_ID.get(dtype_id)
+        if itemsize is None:
+            raise FormatError(f"tensor {index} has unknown dtype id {dtype_id}")
+        if itemsize != ITEMSIZE_BY_ID[entry.dtype_id]:
             raise FormatError(
-                f"tensor reference of shape {list(shape)}, stride {list(stride)}, offset "
-                f"{offset} reaches past the {entry.nbytes} bytes of storage {storage}"
+                f"tensor {index} of dtype {DTYPE_TABLE[dtype_id][0]} views storage {storage} "
+                f"of dtype {DTYPE_TABLE[entry.dtype_id][0]}"
             )
-    return TensorRef(kind, storage, dtype_id, shape, stride, offset, requires_grad)
+        if 0 not in shape:
+            last = offset
+            for n, st in zip(shape, stride):
+                last += (n - 1) * st
+            if (last + 1) * itemsize > entry.nbytes:
+                raise FormatError(
+                    f"tensor {index} of shape {list(shape)}, stride {list(stride)}, offset "
+                    f"{offset} reaches past the {entry.nbytes} bytes of storage {storage}"
+                )
+        refs.append(TensorRef(kind, storage, dtype_id, shape, stride, offset, bool(flags)))
+    if pos != len(data):
+        raise FormatError(f"tensor table has {len(data) - pos} bytes after its last entry")
+    return refs

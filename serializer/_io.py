@@ -106,7 +106,7 @@ class Sink:
 
     def write(self, data: bytes | memoryview) -> None:
         """Write bytes that are not part of a record's checksummed payload."""
-        mv = memoryview(data).cast("B")
+        mv = data if type(data) is memoryview and data.format == "B" else memoryview(data).cast("B")
         n = len(mv)
         if n < SMALL:
             if self._fill + n > STAGE_SIZE:
@@ -243,9 +243,17 @@ class Source:
             parts.append(part)
         return b"".join(parts)
 
-    def _verify(self, state: Any, what: str) -> None:
-        stored = _format.unpack_checksum(self.read(_format.CHECKSUM_SIZE, f"checksum of {what}"))
-        found = state.intdigest()
+    def _stored_checksum(self, what: str) -> int:
+        size = _format.CHECKSUM_SIZE
+        if self._end - self._pos >= size:  # fast path: already staged
+            start = self._pos
+            self._pos += size
+            self.offset += size
+            return _format.unpack_checksum(self._buf_mv[start : start + size])
+        return _format.unpack_checksum(self.read(size, f"checksum of {what}"))
+
+    def _verify(self, found: int, what: str) -> None:
+        stored = self._stored_checksum(what)
         if stored != found:
             raise ChecksumError(what, stored, found)
 
@@ -253,10 +261,7 @@ class Source:
         """Fill `mv` with one record's payload and verify the checksum after it."""
         if len(mv) < HASH_IN_THREAD:
             self.readinto(mv, what)
-            stored = _format.unpack_checksum(self.read(_format.CHECKSUM_SIZE, f"checksum of {what}"))
-            found = _format.checksum(mv)
-            if stored != found:
-                raise ChecksumError(what, stored, found)
+            self._verify(_format.checksum(mv), what)
             return
         self.begin_record()
         for start in range(0, len(mv), PIECE):
@@ -281,7 +286,7 @@ class Source:
 
     def end_record(self, what: str) -> None:
         self._hasher.wait()
-        self._verify(self._record, what)
+        self._verify(self._record.intdigest(), what)
         self._record = None
 
     def skip(self, n: int) -> bool:

@@ -77,11 +77,18 @@ def test_garbage_and_unknown_magic() -> None:
             serializer.load(io.BytesIO(junk))
 
 
-def _forge(skeleton: bytes, table: list[tuple[int, int, int, int]] = (), payloads=()) -> bytes:
+def _forge(
+    skeleton: bytes,
+    table: list[tuple[int, int, int, int]] = (),
+    payloads=(),
+    tensors: list[bytes] = (),
+) -> bytes:
     """A stream with valid checksums around arbitrary content: what an attacker can send."""
     packed = _format.pack_storage_table(list(table))
-    out = _format.pack_preamble(len(table), len(skeleton)) + packed + skeleton
-    out += _format.pack_checksum(_format.header_checksum(packed, skeleton))
+    tensor_table = b"".join(tensors)
+    out = _format.pack_preamble(len(table), len(tensors), len(tensor_table), len(skeleton))
+    out += packed + tensor_table + skeleton
+    out += _format.pack_checksum(_format.header_checksum(packed, tensor_table, skeleton))
     for p in payloads:
         out += p + _format.pack_checksum(_format.checksum(p))
     return out + _format.pack_trailer(len(table), len(out))
@@ -106,36 +113,62 @@ def test_weights_only_never_runs_os_system(tmp_path) -> None:
     assert not os.path.exists(marker)
 
 
+def _entry(storage=0, dtype=9, kind=0, flags=0, offset=0, shape=(2,), stride=(1,), ndim=None):  # type: ignore[no-untyped-def]
+    ndim = len(shape) if ndim is None else ndim
+    head = struct.pack("<IHBBQI", storage, dtype, kind, flags, offset, ndim)
+    return head + struct.pack(f"<{len(shape) + len(stride)}Q", *shape, *stride)
+
+
+class _Ref:
+    def __init__(self, pid):  # type: ignore[no-untyped-def]
+        self.pid = pid
+
+
+class _RefPickler(pickle.Pickler):
+    def persistent_id(self, obj):  # type: ignore[no-untyped-def]
+        return obj.pid if isinstance(obj, _Ref) else None
+
+
+def _skeleton_with(pid) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    _RefPickler(buf, 2).dump({"t": _Ref(pid)})
+    return buf.getvalue()
+
+
+def test_well_formed_forgery_loads() -> None:
+    """The forging helper itself makes valid streams (so the failures below are meaningful)."""
+    stream = _forge(_skeleton_with(0), [(8, 9, 0, -1)], [bytes(range(8))], [_entry()])
+    out = serializer.load(io.BytesIO(stream))
+    assert out["t"].view(torch.uint8).tolist() == list(range(8))
+
+
 @pytest.mark.parametrize(
-    "pid",
+    "pid,entry",
     [
-        "nope",
-        ("t", 0, 9, (1,), (1,), 0),  # too short
-        ("x", 0, 9, (1,), (1,), 0, False),  # unknown kind
-        ("t", 5, 9, (1,), (1,), 0, False),  # storage out of range
-        ("t", 0, 9, (100,), (1,), 0, False),  # past the storage's end
-        ("t", 0, 9, (2,), (1,), 1, False),  # offset pushes past the end
-        ("t", 0, 9, (2,), (-1,), 0, False),  # negative stride
-        ("t", 0, 6, (1,), (1,), 0, False),  # itemsize differs from the storage's
-        ("t", 0, 999, (1,), (1,), 0, False),  # unknown dtype
-        ("t", 0, 6, (1,), (1,), 0, True),  # requires_grad on an integer tensor
-        ("t", 0, 9, (1, 2), (1,), 0, False),  # rank mismatch
+        ("nope", _entry()),  # a persistent id that is not an index
+        (1, _entry()),  # tensor index out of range
+        (-1, _entry()),
+        (0, _entry(storage=5)),  # storage out of range
+        (0, _entry(shape=(100,))),  # past the storage's end
+        (0, _entry(offset=1)),  # offset pushes past the end
+        (0, _entry(dtype=6)),  # itemsize differs from the storage's
+        (0, _entry(dtype=999)),  # unknown dtype
+        (0, _entry(kind=7)),  # unknown kind
+        (0, _entry(flags=0x40)),  # unknown flags
+        (0, _entry(shape=(2, 1), stride=(1,), ndim=2)),  # entry shorter than its ndim says
+        (0, _entry(ndim=100)),  # ndim over the limit
+        (0, _entry() + b"xx"),  # bytes after the last entry
+        (0, _entry(shape=(1 << 62,), stride=(1 << 62,))),  # overflowing extent
     ],
 )
-def test_hostile_tensor_references(pid) -> None:
-    class Ref:
-        def __init__(self, pid):  # type: ignore[no-untyped-def]
-            self.pid = pid
+def test_hostile_tensor_entries(pid, entry) -> None:  # type: ignore[no-untyped-def]
+    stream = _forge(_skeleton_with(pid), [(8, 9, 0, -1)], [bytes(8)], [entry])
+    with pytest.raises(serializer.FormatError):
+        serializer.load(io.BytesIO(stream))
 
-    class P(pickle.Pickler):
-        def persistent_id(self, obj):  # type: ignore[no-untyped-def]
-            return obj.pid if isinstance(obj, Ref) else None
 
-    buf = io.BytesIO()
-    P(buf, 2).dump({"t": Ref(pid)})
-    stream = _forge(buf.getvalue(), [(8, 9, 0, -1)], [bytes(8)])
-    if pid == ("t", 0, 6, (1,), (1,), 0, True):
-        stream = _forge(buf.getvalue(), [(8, 6, 0, -1)], [bytes(8)])
+def test_requires_grad_on_integers_is_a_format_error() -> None:
+    stream = _forge(_skeleton_with(0), [(8, 6, 0, -1)], [bytes(8)], [_entry(dtype=6, flags=1, shape=(1,))])
     with pytest.raises(serializer.FormatError):
         serializer.load(io.BytesIO(stream))
 
@@ -150,12 +183,18 @@ def test_malformed_skeletons(skeleton: bytes) -> None:
 
 
 def test_hostile_header_limits() -> None:
-    def preamble(major=1, count=0, skeleton_len=0, flags=0) -> bytes:  # type: ignore[no-untyped-def]
-        head = struct.pack("<8sHHIQQ", _format.MAGIC, major, 0, flags, count, skeleton_len)
+    def preamble(major=1, count=0, skeleton_len=0, flags=0, tensors=0, tensor_len=0) -> bytes:  # type: ignore[no-untyped-def]
+        head = struct.pack(
+            "<8sHHIIIQQ", _format.MAGIC, major, 0, flags, count, tensors, tensor_len, skeleton_len
+        )
         return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
 
     with pytest.raises(serializer.FormatError, match="storage count"):
-        serializer.load(io.BytesIO(preamble(count=1 << 40)))
+        serializer.load(io.BytesIO(preamble(count=1 << 30)))
+    with pytest.raises(serializer.FormatError, match="tensor count"):
+        serializer.load(io.BytesIO(preamble(tensors=1 << 30, tensor_len=20 << 30)))
+    with pytest.raises(serializer.FormatError, match="tensor table length"):
+        serializer.load(io.BytesIO(preamble(tensors=1, tensor_len=3)))
     with pytest.raises(serializer.FormatError, match="skeleton length"):
         serializer.load(io.BytesIO(preamble(skeleton_len=1 << 40)))
     with pytest.raises(serializer.FormatError, match="flags"):
@@ -170,7 +209,7 @@ def test_hostile_header_limits() -> None:
 def test_newer_minor_version_loads() -> None:
     data = bytearray(_small_stream()[1])
     struct.pack_into("<H", data, 10, _format.MINOR + 3)
-    struct.pack_into("<Q", data, 32, xxhash.xxh3_64_intdigest(bytes(data[:32])))
+    struct.pack_into("<Q", data, 40, xxhash.xxh3_64_intdigest(bytes(data[:40])))
     serializer.load(io.BytesIO(bytes(data)))
 
 
@@ -204,7 +243,7 @@ def test_big_endian_stream_is_byteswapped() -> None:
     # Rewrite the stream as a big-endian writer would have written it.
     big = bytearray(little)
     big[12] |= _format.FLAG_BIG_ENDIAN
-    struct.pack_into("<Q", big, 32, xxhash.xxh3_64_intdigest(bytes(big[:32])))
+    struct.pack_into("<Q", big, 40, xxhash.xxh3_64_intdigest(bytes(big[:40])))
     header_end = _format.PREAMBLE_SIZE + 16 * len(index.storages) + len(little)  # upper bound
     pos = index.nbytes - _format.TRAILER_SIZE - sum(s.nbytes + 8 for s in index.storages)
     for s in index.storages:

@@ -9,6 +9,12 @@ import torch
 from serializer._io import Sink, Source
 
 
+_from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
+_from_memory.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+_from_memory.restype = ctypes.py_object
+_PyBUF_WRITE = 0x200
+
+
 def memory(data: torch.Tensor) -> memoryview:
     """A writable memoryview over the bytes of a contiguous CPU tensor (no copy).
 
@@ -17,7 +23,8 @@ def memory(data: torch.Tensor) -> memoryview:
     n = data.numel() * data.element_size()
     if n == 0:
         return memoryview(bytearray(0))
-    return memoryview((ctypes.c_char * n).from_address(data.data_ptr())).cast("B")
+    view: memoryview = _from_memory(data.data_ptr(), n, _PyBUF_WRITE)
+    return view
 
 
 class CpuBackend:
