@@ -1,0 +1,356 @@
+"""Benchmarks: this library beside torch's streaming functions, torch.save/load, safetensors
+and the raw limit, through a file and through an os.pipe to another process.
+
+    python -m tools.bench                 # full run (about 10 minutes on 2 cores)
+    python -m tools.bench --quick         # small sets, to check the harness
+    python -m tools.bench --sets small --transports pipe --libs ours,torch_stream
+
+Every case runs in its own process (fresh memory, its own peak RSS). Throughput is payload
+bytes over wall time, the median of --reps timed runs after one cold run; peak RSS growth is
+measured on the cold run, relative to the process's RSS just before the operation. Ratios are
+only meaningful between figures of one run (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+LIBS = ["ours", "torch_stream", "torch", "safetensors", "raw"]
+OPS = ["save", "load"]
+TRANSPORTS = ["file", "pipe"]
+SETS = ["big", "small"]
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def set_numels(name: str, quick: bool) -> list[int]:
+    """Element counts (float32) of the tensors of a set."""
+    import torch
+
+    if name == "big":  # 72 tensors, 1 GiB
+        count, each = (8, 1 << 20) if quick else (72, (1 << 30) // 72 // 4)
+        return [each] * count
+    # 20,000 tensors of 1-51 KiB, about 512 MiB
+    g = torch.Generator().manual_seed(0)
+    numels: list[int] = torch.randint(256, 13056, (2000 if quick else 20000,), generator=g).tolist()
+    return numels
+
+
+def make_set(name: str, quick: bool) -> dict[str, Any]:
+    import torch
+
+    numels = set_numels(name, quick)
+    return {f"layer{i}.weight": torch.empty(n).fill_(i % 97) for i, n in enumerate(numels)}
+
+
+def payload(sd: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in sd.values())
+
+
+# ---------------------------------------------------------------------------- libraries
+
+
+def _memory(t: Any) -> memoryview:
+    from serializer.backends.cpu import memory
+
+    return memory(t)
+
+
+def lib_save(lib: str, sd: dict[str, Any], f: Any) -> None:
+    if lib == "ours":
+        import serializer
+
+        serializer.save(sd, f)
+    elif lib == "torch_stream":
+        from torch.distributed._serialization import _streaming_save
+
+        _streaming_save(sd, f)
+    elif lib == "torch":
+        import torch
+
+        torch.save(sd, f)
+    elif lib == "safetensors":
+        from safetensors.torch import save
+
+        f.write(save(sd))
+    elif lib == "raw":
+        for t in sd.values():
+            view = _memory(t)
+            while view:
+                n = f.write(view)
+                view = view[n:]
+    else:
+        raise ValueError(lib)
+
+
+def lib_load(lib: str, f: Any, shapes: list[int]) -> Any:
+    if lib == "ours":
+        import serializer
+
+        return serializer.load(f)
+    if lib == "torch_stream":
+        from torch.distributed._serialization import _streaming_load
+
+        return _streaming_load(f)
+    if lib == "torch":
+        import torch
+
+        if not f.seekable():
+            f = io.BytesIO(f.read())
+        return torch.load(f)
+    if lib == "safetensors":
+        from safetensors.torch import load
+
+        return load(f.read())
+    if lib == "raw":
+        import torch
+
+        out = []
+        for n in shapes:
+            t = torch.empty(n)
+            view = _memory(t)
+            while view:
+                got = f.readinto(view)
+                if not got:
+                    raise EOFError
+                view = view[got:]
+            out.append(t)
+        return out
+    raise ValueError(lib)
+
+
+# ---------------------------------------------------------------------------- one case
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
+    return r, w
+
+
+def _drain(r: int) -> subprocess.Popen[bytes]:
+    """Another process that reads a pipe to its end and discards the bytes."""
+    code = (
+        f"import os\nbuf = bytearray({PIPE_SIZE})\nwith open({r}, 'rb', buffering=0) as f:\n"
+        "    while f.readinto(buf): pass\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], pass_fds=(r,))
+
+
+def _feed(path: str, w: int) -> subprocess.Popen[bytes]:
+    """Another process that copies a file into a pipe (sendfile, no user-space copy)."""
+    code = (
+        f"import os\nfd = os.open({path!r}, os.O_RDONLY)\nn = os.fstat(fd).st_size\noff = 0\n"
+        f"while off < n:\n    off += os.sendfile({w}, fd, off, n - off)\nos.close({w})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], pass_fds=(w,))
+
+
+def run_case(lib: str, op: str, transport: str, set_name: str, path: str, reps: int, quick: bool) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    times: list[float] = []
+    growth = 0
+    if op == "save":
+        sd = make_set(set_name, quick)
+        size = payload(sd)
+        for rep in range(reps + 1):
+            before = _rss()
+            if transport == "file":
+                start = time.perf_counter()
+                with open(path, "wb") as f:
+                    lib_save(lib, sd, f)
+            else:
+                r, w = _pipe()
+                proc = _drain(r)
+                os.close(r)
+                start = time.perf_counter()
+                with open(w, "wb", buffering=0) as f:
+                    lib_save(lib, sd, f)
+                proc.wait()
+            elapsed = time.perf_counter() - start
+            if rep == 0:
+                growth = _peak() - before
+            else:
+                times.append(elapsed)
+    else:
+        sizes = set_numels(set_name, quick)
+        size = sum(sizes) * 4
+        for rep in range(reps + 1):
+            before = _rss()
+            if transport == "file":
+                start = time.perf_counter()
+                with open(path, "rb") as f:
+                    out = lib_load(lib, f, sizes)
+            else:
+                r, w = _pipe()
+                proc = _feed(path, w)
+                os.close(w)
+                start = time.perf_counter()
+                # torch's streaming load breaks on raw short reads: it gets a buffered pipe.
+                buffering = -1 if lib == "torch_stream" else 0
+                with open(r, "rb", buffering=buffering) as f:
+                    out = lib_load(lib, f, sizes)
+                proc.wait()
+            elapsed = time.perf_counter() - start
+            if rep == 0:
+                growth = _peak() - before
+            else:
+                times.append(elapsed)
+            del out
+    return {
+        "lib": lib, "op": op, "transport": transport, "set": set_name, "payload": size,
+        "seconds": times, "gbps": size / statistics.median(times) / 1e9, "rss_growth": growth,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.bench", *args], capture_output=True, text=True, env=env
+    )
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _available(lib: str) -> bool:
+    try:
+        if lib == "torch_stream":
+            import torch.distributed._serialization  # noqa: F401
+        elif lib == "safetensors":
+            import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sets, to check the harness")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--libs", default=",".join(LIBS))
+    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--json", help="also write every result to this file")
+    p.add_argument("--workdir", default=None, help="where stream files go (default: a temp dir)")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--prepare", help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    a = p.parse_args()
+
+    if a.prepare:  # write the stream file a load case reads
+        lib, set_name = a.prepare.split(":")
+        with open(a.path, "wb") as f:
+            lib_save(lib, make_set(set_name, a.quick), f)
+        print(json.dumps({"ok": True}))
+        return
+    if a.case:
+        lib, op, transport, set_name = a.case.split(":")
+        print(json.dumps(run_case(lib, op, transport, set_name, a.path, a.reps, a.quick)))
+        return
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    libs = [lib for lib in a.libs.split(",") if _available(lib)]
+    quick = ["--quick"] if a.quick else []
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
+        for set_name in a.sets.split(","):
+            for op in a.ops.split(","):
+                for lib in libs:
+                    path = os.path.join(tmp, f"{lib}-{set_name}")
+                    if op == "load":
+                        _child(["--prepare", f"{lib}:{set_name}", "--path", path, *quick], env)
+                    for transport in a.transports.split(","):
+                        args = ["--case", f"{lib}:{op}:{transport}:{set_name}", "--path", path]
+                        r = _child([*args, "--reps", str(a.reps), *quick], env)
+                        r.update(lib=lib, op=op, transport=transport, set=set_name)
+                        results.append(r)
+                        _print_row(r)
+                    if os.path.exists(path):
+                        os.remove(path)
+    print()
+    print(report(results))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    if "error" in r:
+        print(f"{r['set']:5} {r['op']:4} {r['transport']:4} {r['lib']:12} ERROR {r['error']}", flush=True)
+        return
+    print(
+        f"{r['set']:5} {r['op']:4} {r['transport']:4} {r['lib']:12} {r['gbps']:6.2f} GB/s  "
+        f"peak RSS +{r['rss_growth'] / 2**20:7.0f} MiB ({r['rss_growth'] / r['payload']:.2f}x)",
+        flush=True,
+    )
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """A markdown table: GB/s, RSS growth, and ours / reference ratios, per case."""
+    by: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault((r["set"], r["op"], r["transport"]), {})[r["lib"]] = r
+    refs = [lib for lib in LIBS if lib != "ours"]
+    head = "| set | op | via | ours GB/s | ours RSS | " + " | ".join(
+        f"{ref} GB/s (ours ×)" for ref in refs
+    ) + " |"
+    lines = [head, "|" + " --- |" * (5 + len(refs))]
+    for (set_name, op, transport), row in by.items():
+        ours = row.get("ours", {})
+        cells = [set_name, op, transport]
+        if "gbps" in ours:
+            cells += [f"{ours['gbps']:.2f}", f"+{ours['rss_growth'] / 2**20:.0f} MiB ({ours['rss_growth'] / ours['payload']:.2f}x)"]
+        else:
+            cells += ["error", ""]
+        for ref in refs:
+            r = row.get(ref)
+            if r is None:
+                cells.append("—")
+            elif "gbps" not in r:
+                cells.append("error")
+            elif "gbps" in ours:
+                cells.append(f"{r['gbps']:.2f} ({ours['gbps'] / r['gbps']:.2f}×)")
+            else:
+                cells.append(f"{r['gbps']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
