@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).absolute().parents[1]  # not resolved: under Bazel, the runfiles tree
-_BAZEL_VARS = ("TEST_TOTAL_SHARDS", "TEST_SHARD_INDEX", "TEST_SHARD_STATUS_FILE",
-               "TESTBRIDGE_TEST_ONLY", "XML_OUTPUT_FILE", "PYTEST_ADDOPTS")
+_BAZEL_VARS = (
+    "TEST_TOTAL_SHARDS",
+    "TEST_SHARD_INDEX",
+    "TEST_SHARD_STATUS_FILE",
+    "TESTBRIDGE_TEST_ONLY",
+    "XML_OUTPUT_FILE",
+    "PYTEST_ADDOPTS",
+)
 
 SEVEN_TESTS = """
 import pytest
@@ -32,7 +38,7 @@ TWO_TESTS = "def test_a(): pass\ndef test_b(): pass\n"
 
 
 def run(tmp_path: Path, source: str, *args: str, env: dict[str, str] | None = None):
-    """Runs pytest with the plugin on `source`; returns (exit code, ids of the tests run)."""
+    """Runs pytest with the plugin on `source`: (exit code, ids of the tests run, output)."""
     (tmp_path / "gen_test.py").write_text(source)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     xml = tmp_path / "junit.xml"
@@ -42,9 +48,25 @@ def run(tmp_path: Path, source: str, *args: str, env: dict[str, str] | None = No
     full_env.update(PYTHONPATH=os.pathsep.join(path), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     full_env.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "testing.sharding", "-p", "no:cacheprovider",
-         "--junitxml", str(xml), "-q", "gen_test.py", *args],
-        cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "testing.sharding",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            str(xml),
+            "-q",
+            "gen_test.py",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     ran = set()
     if xml.exists():
@@ -59,8 +81,9 @@ def test_shards_partition_the_tests(tmp_path: Path, count: int) -> None:
     assert code == 0 and len(everything) == 7, out
     shards = []
     for index in range(count):
-        code, ran, out = run(tmp_path, SEVEN_TESTS, f"--shard-count={count}",
-                             f"--shard-index={index}")
+        code, ran, out = run(
+            tmp_path, SEVEN_TESTS, f"--shard-count={count}", f"--shard-index={index}"
+        )
         assert code == 0, out
         shards.append(ran)
     assert set().union(*shards) == everything  # none lost, none invented
@@ -69,8 +92,7 @@ def test_shards_partition_the_tests(tmp_path: Path, count: int) -> None:
 
 
 def test_more_shards_than_tests_leaves_an_empty_shard(tmp_path: Path) -> None:
-    results = [run(tmp_path, TWO_TESTS, "--shard-count=3", f"--shard-index={i}")
-               for i in range(3)]
+    results = [run(tmp_path, TWO_TESTS, "--shard-count=3", f"--shard-index={i}") for i in range(3)]
     assert [code for code, _, _ in results] == [0, 0, 5]  # 5: pytest's "no tests ran"
     assert [len(ran) for _, ran, _ in results] == [1, 1, 0]
     assert results[0][1] | results[1][1] == {"gen_test::test_a", "gen_test::test_b"}
@@ -78,8 +100,7 @@ def test_more_shards_than_tests_leaves_an_empty_shard(tmp_path: Path) -> None:
 
 def test_environment_as_set_by_bazel(tmp_path: Path) -> None:
     status = tmp_path / "status"
-    env = {"TEST_TOTAL_SHARDS": "3", "TEST_SHARD_INDEX": "1",
-           "TEST_SHARD_STATUS_FILE": str(status)}
+    env = {"TEST_TOTAL_SHARDS": "3", "TEST_SHARD_INDEX": "1", "TEST_SHARD_STATUS_FILE": str(status)}
     code, from_env, out = run(tmp_path, SEVEN_TESTS, env=env)
     assert code == 0 and status.exists(), out
     assert from_env == run(tmp_path, SEVEN_TESTS, "--shard-count=3", "--shard-index=1")[1]
