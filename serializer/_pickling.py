@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import _registry
 from ._errors import FormatError, UnsafeGlobalError
 
 __all__ = [
@@ -124,6 +125,9 @@ def _lookup(name: str) -> Any | None:
         found = _user_globals.get(name)
     if found is not None:
         return found
+    found = _registry.backend_global(name)
+    if found is not None:
+        return found
     return _torch_allowed().get(name)
 
 
@@ -135,9 +139,23 @@ class SkeletonPickler(pickle.Pickler):
         self._ref = ref
 
     def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, (torch.Tensor, torch.storage.UntypedStorage, torch.storage.TypedStorage)):
+        if isinstance(obj, torch.Tensor):
+            if type(obj) in _PLAIN or _registry.subclass_reducer(type(obj)) is None:
+                return self._ref(obj)
+            return None  # a backend's reduction, in reducer_override
+        if isinstance(obj, (torch.storage.UntypedStorage, torch.storage.TypedStorage)):
             return self._ref(obj)
         return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            reduce = _registry.subclass_reducer(type(obj))
+            if reduce is not None:
+                return reduce(obj)
+        return NotImplemented
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def dumps(obj: Any, pickle_module: Any, protocol: int, ref: Callable[[Any], Any]) -> bytes:
@@ -146,8 +164,8 @@ def dumps(obj: Any, pickle_module: Any, protocol: int, ref: Callable[[Any], Any]
         SkeletonPickler(buf, protocol, ref).dump(obj)
     else:
         class _Pickler(pickle_module.Pickler):  # type: ignore[name-defined,misc]
-            def persistent_id(self, obj: Any) -> Any:
-                return SkeletonPickler.persistent_id(self, obj)  # type: ignore[arg-type]
+            persistent_id = SkeletonPickler.persistent_id
+            reducer_override = SkeletonPickler.reducer_override
 
         pickler = _Pickler(buf, protocol)
         pickler._ref = ref

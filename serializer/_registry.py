@@ -4,7 +4,8 @@ so the core never imports one, and a consumer may ship only the backends it uses
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -16,6 +17,14 @@ _MODULES = {
     "cuda": "serializer.backends.cuda",
 }
 _loaded: dict[str, "Backend"] = {}
+
+# Tensor subclasses a backend knows how to save, by class name (the class must come from
+# torch). The module provides `reduce_tensor(obj) -> (callable, args)`, a pickle reduction
+# whose callable it lists in `SAFE_GLOBALS` so that weights_only loads may call it.
+_SUBCLASS_MODULES = {
+    "DTensor": "serializer.backends.distributed",
+}
+_BACKEND_PACKAGE = "serializer.backends."
 
 
 class Backend(Protocol):
@@ -52,3 +61,21 @@ def backend_for(device_type: str) -> Backend:
 def as_bytes(storage: torch.UntypedStorage) -> torch.Tensor:
     """A 1-D uint8 tensor over all bytes of `storage`."""
     return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+
+
+def subclass_reducer(cls: type) -> Callable[[Any], Any] | None:
+    """The reduction a backend provides for tensor subclass `cls`, or None."""
+    module = _SUBCLASS_MODULES.get(cls.__name__)
+    if module is None or not cls.__module__.startswith("torch."):
+        return None
+    reducer: Callable[[Any], Any] = importlib.import_module(module).reduce_tensor
+    return reducer
+
+
+def backend_global(full_name: str) -> Any | None:
+    """A global named `module.name` that a backend module allows in weights_only loads."""
+    module, _, name = full_name.rpartition(".")
+    if not module.startswith(_BACKEND_PACKAGE) or module not in _SUBCLASS_MODULES.values():
+        return None
+    allowed: dict[str, Any] = getattr(importlib.import_module(module), "SAFE_GLOBALS", {})
+    return allowed.get(name)
