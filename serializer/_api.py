@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import pickle
+import re
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -26,6 +27,7 @@ from ._errors import (
 from ._format import StorageEntry, TensorRef
 from ._io import Sink, Source
 from ._registry import as_bytes, backend_for
+from ._ring import runs
 
 DEFAULT_PROTOCOL = 2  # torch.serialization.DEFAULT_PROTOCOL, kept for drop-in compatibility
 TORCH_STREAM_FIRST_BYTE = b"\x80"  # torch's _streaming_save starts with a pickle PROTO opcode
@@ -182,8 +184,10 @@ def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None
         for part in (table, tensors, skeleton):
             sink.write(part)
         sink.write(_format.pack_checksum(_format.header_checksum(table, tensors, skeleton)))
-        for storage in collector.storages:
-            backend_for(storage.device.type).write(as_bytes(storage), sink)
+        storages = collector.storages
+        for device, run in runs([s.device for s in storages]):
+            assert device is not None
+            backend_for(device.type).write_many([as_bytes(storages[i]) for i in run], sink)
         sink.write(_format.pack_trailer(len(collector.storages), sink.offset))
     except BaseException:
         sink.abort()
@@ -303,12 +307,17 @@ def _describe(header: _Header, index: int) -> str:
     return f"storage {index} ({header.table[index].nbytes} bytes{used})"
 
 
-def _named(header: _Header, index: int, e: SerializerError) -> SerializerError:
-    what = _describe(header, index)
+def _named(header: _Header, e: SerializerError) -> SerializerError:
+    """The same error, with the storage it names described by its keys."""
+    match = re.match(r"storage (\d+)", getattr(e, "what", ""))
+    if match is None or int(match.group(1)) >= len(header.table):
+        return e
+    index = int(match.group(1))
+    what = e.what.replace(match.group(0), _describe(header, index), 1)  # type: ignore[attr-defined]
     if isinstance(e, TruncatedError):
-        return TruncatedError(e.what.replace(f"storage {index}", what, 1), e.expected, e.received)
+        return TruncatedError(what, e.expected, e.received)
     if isinstance(e, ChecksumError):
-        return ChecksumError(e.what.replace(f"storage {index}", what, 1), e.expected, e.found)
+        return ChecksumError(what, e.expected, e.found)
     return e
 
 
@@ -321,35 +330,45 @@ def _read_storages(
     """Read every record; keep the wanted ones (all when `wanted` is None)."""
     swap = header.preamble.big_endian != _HOST_BIG_ENDIAN
     on_cpu_first = callable(map_location) and not isinstance(map_location, Mapping)
-    devices: dict[str, torch.device] = {}
-    storages: list[torch.UntypedStorage | None] = []
+    resolved: dict[str, torch.device] = {}
+    devices: list[torch.device | None] = []
     for index, entry in enumerate(header.table):
-        what = f"storage {index}"
-        try:
-            if wanted is not None and index not in wanted:
-                src.skip_record(entry.nbytes, what)
-                storages.append(None)
+        if wanted is not None and index not in wanted:
+            devices.append(None)
+        elif on_cpu_first:
+            devices.append(_CPU)
+        else:
+            device = resolved.get(entry.location)
+            if device is None:
+                device = resolved[entry.location] = _resolve_device(entry.location, map_location)
+            devices.append(device)
+    datas: list[torch.Tensor | None] = [None] * len(devices)
+    try:
+        for device, run in runs(devices):
+            if device is None:
+                for index in run:
+                    src.skip_record(header.table[index].nbytes, f"storage {index}")
                 continue
-            if on_cpu_first:
-                device = _CPU
-            else:
-                device = devices.get(entry.location)
-                if device is None:
-                    device = devices[entry.location] = _resolve_device(
-                        entry.location, map_location
-                    )
             backend = backend_for(device.type)
-            data = backend.empty(entry.nbytes, device)
-            backend.read(data, src, what)
-        except (TruncatedError, ChecksumError) as e:
-            raise _named(header, index, e) from None
+            jobs = []
+            for index in run:
+                datas[index] = data = backend.empty(header.table[index].nbytes, device)
+                jobs.append((data, f"storage {index}"))
+            backend.read_many(jobs, src)
+    except (TruncatedError, ChecksumError) as e:
+        raise _named(header, e) from None
+    _check_trailer(src, header)
+    storages: list[torch.UntypedStorage | None] = []
+    for entry, data in zip(header.table, datas):
+        if data is None:
+            storages.append(None)
+            continue
         if swap:
             _byteswap(data, _format.swap_unit(entry.dtype_id))
         storage = data.untyped_storage()
         if on_cpu_first:
             storage = _apply_callable(map_location, storage, entry.location)  # type: ignore[arg-type]
         storages.append(storage)
-    _check_trailer(src, header)
     return storages
 
 
@@ -581,7 +600,7 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
                         continue
                     _fill(index, entry, users, src, swap)
                 except (TruncatedError, ChecksumError) as e:
-                    raise _named(header, index, e) from None
+                    raise _named(header, e) from None
         _check_trailer(src, header)
         return LoadResult(missing, unexpected)
 
@@ -605,7 +624,7 @@ def _fill(
             break
     if direct is not None:
         data = _bytes_of(direct)
-        backend_for(direct.device.type).read(data, src, f"storage {index}")
+        backend_for(direct.device.type).read_many([(data, f"storage {index}")], src)
         base, base_offset = direct.untyped_storage(), direct.storage_offset()
         if hasattr(torch.autograd.graph, "increment_version"):
             torch.autograd.graph.increment_version(direct)
@@ -613,7 +632,7 @@ def _fill(
         device = users[0][1].device
         backend = backend_for(device.type)
         data = backend.empty(entry.nbytes, device)
-        backend.read(data, src, f"storage {index}")
+        backend.read_many([(data, f"storage {index}")], src)
         base, base_offset = data.untyped_storage(), 0
     if swap:
         _byteswap(data, _format.swap_unit(entry.dtype_id))

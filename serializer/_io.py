@@ -9,6 +9,7 @@ socket.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import select
 import socket
@@ -26,6 +27,24 @@ PIECE = 8 << 20  # large reads are split into pieces of this size to overlap has
 HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
 
 
+_from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
+_from_memory.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+_from_memory.restype = ctypes.py_object
+_PyBUF_WRITE = 0x200
+
+
+def tensor_memory(data: Any) -> memoryview:
+    """A writable memoryview over the bytes of a contiguous CPU tensor (no copy).
+
+    The view does not keep `data` alive: the caller must.
+    """
+    n = data.numel() * data.element_size()
+    if n == 0:
+        return memoryview(bytearray(0))
+    view: memoryview = _from_memory(data.data_ptr(), n, _PyBUF_WRITE)
+    return view
+
+
 class _Hasher:
     """Hashes large pieces on one helper thread, in submission order."""
 
@@ -41,10 +60,10 @@ class _Hasher:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="serializer-hash")
         self._pending.append(self._pool.submit(state.update, data))
 
-    def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+    def wait(self, keep: int = 0) -> None:
+        """Wait until at most the `keep` most recent pieces are still being hashed."""
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
 
     def close(self) -> None:
         self.wait()
@@ -280,9 +299,10 @@ class Source:
         self.readinto(mv, what)
         self._hasher.submit(self._record, mv)
 
-    def sync(self) -> None:
-        """Wait until every chunk read so far has been hashed (before reusing its memory)."""
-        self._hasher.wait()
+    def sync(self, keep: int = 0) -> None:
+        """Wait until all chunks read so far but the `keep` latest are hashed, so that their
+        memory may be reused."""
+        self._hasher.wait(keep)
 
     def end_record(self, what: str) -> None:
         self._hasher.wait()

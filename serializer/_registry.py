@@ -4,7 +4,7 @@ so the core never imports one, and a consumer may ship only the backends it uses
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -34,14 +34,15 @@ class Backend(Protocol):
     storage (or of one destination tensor, for in-place loads).
     """
 
-    def write(self, data: torch.Tensor, sink: Sink) -> None:
-        """Write `data` as one record: payload, then checksum."""
+    def write_many(self, datas: Sequence[torch.Tensor], sink: Sink) -> None:
+        """Write each of `datas` (all on one device) as one record: payload, then checksum."""
 
     def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
-        """Allocate (uninitialized) destination bytes."""
+        """Allocate (uninitialized) destination bytes on `device`."""
 
-    def read(self, data: torch.Tensor, source: Source, what: str) -> None:
-        """Fill `data` from one record and verify its checksum."""
+    def read_many(self, jobs: Sequence[tuple[torch.Tensor, str]], source: Source) -> None:
+        """Fill each job's tensor (all on one device) from one record, verifying its checksum;
+        the string names the record in errors."""
 
 
 def backend_for(device_type: str) -> Backend:

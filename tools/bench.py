@@ -66,9 +66,9 @@ def payload(sd: dict[str, Any]) -> int:
 
 
 def _memory(t: Any) -> memoryview:
-    from serializer.backends.cpu import memory
+    from serializer._io import tensor_memory
 
-    return memory(t)
+    return tensor_memory(t)
 
 
 def lib_save(lib: str, sd: dict[str, Any], f: Any) -> None:
