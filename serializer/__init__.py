@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._format import MAJOR, MINOR, StorageEntry
 from ._pickling import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
+from ._ring import configure_staging
 
 FORMAT_VERSION = (MAJOR, MINOR)
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "VersionError",
     "add_safe_globals",
     "clear_safe_globals",
+    "configure_staging",
     "get_safe_globals",
     "load",
     "load_into",

@@ -251,6 +251,8 @@ def _resolve_device(location: str, map_location: MapLocation) -> torch.device:
     else:
         raise TypeError(f"unsupported map_location {map_location!r}")
     device = torch.device(target)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(

@@ -51,6 +51,20 @@ class RingConfig:
         return self.slots * self.chunk_bytes
 
 
+_config = RingConfig()
+
+
+def configure_staging(slots: int = 4, chunk_bytes: int = 32 << 20) -> None:
+    """Set the host ring that device backends stage through: `slots` pinned buffers of
+    `chunk_bytes` each (default 4 x 32 MiB = 128 MiB). Applies to later saves and loads."""
+    global _config
+    _config = RingConfig(slots, chunk_bytes)
+
+
+def staging_config() -> RingConfig:
+    return _config
+
+
 def _chunks(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]:
     """(storage index, offset, size) of every chunk, in stream order."""
     return [(i, off, min(chunk, n - off)) for i, n in enumerate(sizes) for off in range(0, n, chunk)]
