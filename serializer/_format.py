@@ -143,15 +143,22 @@ def pack_preamble(
 ) -> bytes:
     flags = FLAG_BIG_ENDIAN if sys.byteorder == "big" else 0
     head = _PREAMBLE.pack(
-        MAGIC, MAJOR, MINOR, flags, storage_count, tensor_count, tensor_table_len,
-        skeleton_len, 0,
+        MAGIC,
+        MAJOR,
+        MINOR,
+        flags,
+        storage_count,
+        tensor_count,
+        tensor_table_len,
+        skeleton_len,
+        0,
     )[:_PREAMBLE_SUMMED]
     return head + _U64.pack(checksum(head))
 
 
 def unpack_preamble(data: bytes) -> Preamble:
-    magic, major, minor, flags, count, tensors, tensor_len, skeleton_len, stored = (
-        _PREAMBLE.unpack(data)
+    magic, major, minor, flags, count, tensors, tensor_len, skeleton_len, stored = _PREAMBLE.unpack(
+        data
     )
     if magic != MAGIC:
         raise FormatError(f"not a serializer stream: expected magic {MAGIC!r}, found {magic!r}")
@@ -171,9 +178,7 @@ def unpack_preamble(data: bytes) -> Preamble:
         raise FormatError(f"tensor count {tensors} exceeds the limit {MAX_TENSORS}")
     most = tensors * (TENSOR_ENTRY_SIZE + 16 * MAX_NDIM)
     if not tensors * TENSOR_ENTRY_SIZE <= tensor_len <= most:
-        raise FormatError(
-            f"tensor table length {tensor_len} is impossible for {tensors} tensors"
-        )
+        raise FormatError(f"tensor table length {tensor_len} is impossible for {tensors} tensors")
     if skeleton_len > MAX_SKELETON:
         raise FormatError(f"skeleton length {skeleton_len} exceeds the limit {MAX_SKELETON}")
     return Preamble(major, minor, flags, count, tensors, tensor_len, skeleton_len)
@@ -274,7 +279,9 @@ def pack_tensor(
     requires_grad: bool,
 ) -> bytes:
     ndim = len(shape)
-    head = _TENSOR.pack(storage, dtype_id, kind, _REQUIRES_GRAD if requires_grad else 0, offset, ndim)
+    head = _TENSOR.pack(
+        storage, dtype_id, kind, _REQUIRES_GRAD if requires_grad else 0, offset, ndim
+    )
     return head + struct.pack(f"<{2 * ndim}Q", *shape, *stride)
 
 
@@ -308,7 +315,7 @@ def unpack_tensor_table(data: bytes, count: int, table: list[StorageEntry]) -> l
             )
         if 0 not in shape:
             last = offset
-            for n, st in zip(shape, stride):
+            for n, st in zip(shape, stride, strict=True):
                 last += (n - 1) * st
             if (last + 1) * itemsize > entry.nbytes:
                 raise FormatError(

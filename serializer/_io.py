@@ -13,8 +13,9 @@ import ctypes
 import io
 import select
 import socket
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import xxhash
 
@@ -292,7 +293,7 @@ class Source:
         self.end_record(what)
 
     def begin_record(self) -> None:
-        self._record = xxhash.xxh3_64()
+        self._record: Any = xxhash.xxh3_64()
 
     def read_chunk(self, mv: memoryview, what: str) -> None:
         """Read part of a record; it is hashed in the background until `sync`."""

@@ -163,7 +163,8 @@ def dumps(obj: Any, pickle_module: Any, protocol: int, ref: Callable[[Any], Any]
     if pickle_module is pickle:
         SkeletonPickler(buf, protocol, ref).dump(obj)
     else:
-        class _Pickler(pickle_module.Pickler):  # type: ignore[name-defined,misc]
+
+        class _Pickler(pickle_module.Pickler):  # type: ignore[misc]
             persistent_id = SkeletonPickler.persistent_id
             reducer_override = SkeletonPickler.reducer_override
 
@@ -210,11 +211,10 @@ def loads(
         unpickler.persistent_load = persistent_load
         return unpickler.load()
     unpickler = RestrictedUnpickler(io.BytesIO(data), **pickle_load_args)
-    unpickler.persistent_load = persistent_load
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
     try:
         return unpickler.load()
     except (UnsafeGlobalError, FormatError):
         raise
     except Exception as e:  # hostile bytes make the C unpickler raise anything
         raise FormatError(f"malformed skeleton: {type(e).__name__}: {e}") from e
-

@@ -16,7 +16,7 @@ _MODULES = {
     "cpu": "serializer.backends.cpu",
     "cuda": "serializer.backends.cuda",
 }
-_loaded: dict[str, "Backend"] = {}
+_loaded: dict[str, Backend] = {}
 
 # Tensor subclasses a backend knows how to save, by class name (the class must come from
 # torch). The module provides `reduce_tensor(obj) -> (callable, args)`, a pickle reduction

@@ -67,7 +67,9 @@ def staging_config() -> RingConfig:
 
 def _chunks(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]:
     """(storage index, offset, size) of every chunk, in stream order."""
-    return [(i, off, min(chunk, n - off)) for i, n in enumerate(sizes) for off in range(0, n, chunk)]
+    return [
+        (i, off, min(chunk, n - off)) for i, n in enumerate(sizes) for off in range(0, n, chunk)
+    ]
 
 
 def _host_view(buffer: torch.Tensor, size: int) -> memoryview:
@@ -90,7 +92,9 @@ def write_through_ring(
         nonlocal issued
         while issued < min(limit, len(chunks)):
             i, off, size = chunks[issued]
-            staging.to_host(buffers[issued % slots][:size], datas[i][off : off + size], issued % slots)
+            staging.to_host(
+                buffers[issued % slots][:size], datas[i][off : off + size], issued % slots
+            )
             issued += 1
 
     issue_until(slots)

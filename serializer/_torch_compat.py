@@ -57,7 +57,7 @@ def load_torch_stream(
         ) from None
     try:
         return _serialization._streaming_load(
-            _ExactReader(first, src),
+            _ExactReader(first, src),  # type: ignore[arg-type]
             map_location,
             pickle_module,
             weights_only=weights_only,

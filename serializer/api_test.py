@@ -115,7 +115,9 @@ def test_map_location_callable_sees_location_and_storage() -> None:
         seen.append((location, storage.nbytes()))
         return storage
 
-    serializer.load(_bytes({"a": torch.ones(3), "b": torch.ones(2, dtype=torch.int64)}), map_location=where)
+    serializer.load(
+        _bytes({"a": torch.ones(3), "b": torch.ones(2, dtype=torch.int64)}), map_location=where
+    )
     assert seen == [("cpu", 12), ("cpu", 16)]
 
 
@@ -180,7 +182,11 @@ def test_load_keys_selects_and_skips() -> None:
 
 
 def test_read_index_lists_tensors_and_consumes_stream() -> None:
-    sd = {"w": torch.zeros(3, 4, dtype=torch.bfloat16), "p": torch.nn.Parameter(torch.ones(2)), "n": 3}
+    sd = {
+        "w": torch.zeros(3, 4, dtype=torch.bfloat16),
+        "p": torch.nn.Parameter(torch.ones(2)),
+        "n": 3,
+    }
     for seekable in (True, False):
         buf = _bytes(sd)
         buf.seek(0, io.SEEK_END)
@@ -232,9 +238,17 @@ def test_load_into_checks_keys_shapes_dtypes() -> None:
     with pytest.raises(serializer.MismatchError, match="missing.*'c'.*'b'"):
         serializer.load_into({"a": torch.zeros(2), "c": torch.zeros(1)}, buf)
     with pytest.raises(serializer.MismatchError, match="'a'.*float32 \\[2\\].*float64 \\[2\\]"):
-        serializer.load_into({"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(3)}, _bytes({"a": torch.ones(2), "b": torch.ones(3)}))
+        serializer.load_into(
+            {"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(3)},
+            _bytes({"a": torch.ones(2), "b": torch.ones(3)}),
+        )
     with pytest.raises(serializer.MismatchError, match="\\[3\\].*\\[4\\]"):
-        serializer.load_into({"a": torch.zeros(2), "b": torch.zeros(4)}, _bytes({"a": torch.ones(2), "b": torch.ones(3)}))
+        serializer.load_into(
+            {"a": torch.zeros(2), "b": torch.zeros(4)},
+            _bytes({"a": torch.ones(2), "b": torch.ones(3)}),
+        )
     dest = {"a": torch.zeros(2)}
-    result = serializer.load_into(dest, _bytes({"a": torch.ones(2), "b": torch.ones(3)}), strict=False)
+    result = serializer.load_into(
+        dest, _bytes({"a": torch.ones(2), "b": torch.ones(3)}), strict=False
+    )
     assert result.unexpected_keys == ["b"] and torch.equal(dest["a"], torch.ones(2))

@@ -103,7 +103,7 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
             from torch.distributed._serialization import _streaming_load
 
             warnings.filterwarnings("ignore", "The given buffer is not writable")
-            model.load_state_dict(_streaming_load(conn.makefile("rb")))
+            model.load_state_dict(_streaming_load(conn.makefile("rb")))  # type: ignore[arg-type]
         else:
             data = io.BytesIO(conn.makefile("rb").read())
             model.load_state_dict(torch.load(data))
@@ -156,7 +156,7 @@ def _run_pair(method: str, args: argparse.Namespace, total: int) -> dict[str, An
     out, _ = receiver.communicate()
     if receiver.returncode != 0:
         raise SystemExit(f"{method}: receiver failed ({receiver.returncode})")
-    result = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["send"] = json.loads(sender.stdout.strip().splitlines()[-1])
     return result
 
@@ -175,7 +175,9 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
 
     if args.role == "receive":
-        result = receive(args.method, args.layers, args.width, args.total, args.method == "serializer")
+        result = receive(
+            args.method, args.layers, args.width, args.total, args.method == "serializer"
+        )
         print(json.dumps(result), flush=True)
         return
     if args.role == "send":

@@ -93,7 +93,8 @@ def test_ring_writes_the_same_bytes_as_the_direct_path(sizes, slots, chunk) -> N
 @given(sizes_st, st.integers(1, 4), st.integers(1, 17))
 def test_ring_reads_what_the_direct_path_wrote(sizes, slots, chunk) -> None:
     datas = _datas(sizes, seed=1)
-    for got, want in zip(_ring_read(_direct_stream(datas), sizes, slots, chunk), datas):
+    loaded = _ring_read(_direct_stream(datas), sizes, slots, chunk)
+    for got, want in zip(loaded, datas, strict=True):
         assert torch.equal(got, want)
 
 
@@ -103,7 +104,7 @@ def test_large_record_through_many_slots_with_big_chunks() -> None:
     datas = _datas(sizes, seed=2)
     stream = _ring_stream(datas, 2, 1 << 20)
     assert stream == _direct_stream(datas)
-    for got, want in zip(_ring_read(stream, sizes, 3, 1 << 20), datas):
+    for got, want in zip(_ring_read(stream, sizes, 3, 1 << 20), datas, strict=True):
         assert torch.equal(got, want)
 
 

@@ -42,7 +42,10 @@ def test_truncation_names_the_record_and_counts() -> None:
     _, data = _small_stream()
     index = serializer.read_index(io.BytesIO(data))
     cut = index.nbytes - _format.TRAILER_SIZE - 8 - 8 - 10  # start of b (storage 1); z follows
-    with pytest.raises(serializer.TruncatedError, match=r"storage 1 \(10 bytes, used by 'b'\): expected 10 bytes, received 0"):
+    with pytest.raises(
+        serializer.TruncatedError,
+        match=r"storage 1 \(10 bytes, used by 'b'\): expected 10 bytes, received 0",
+    ):
         serializer.load(io.BytesIO(data[:cut]))
 
 
@@ -168,7 +171,9 @@ def test_hostile_tensor_entries(pid, entry) -> None:  # type: ignore[no-untyped-
 
 
 def test_requires_grad_on_integers_is_a_format_error() -> None:
-    stream = _forge(_skeleton_with(0), [(8, 6, 0, -1)], [bytes(8)], [_entry(dtype=6, flags=1, shape=(1,))])
+    stream = _forge(
+        _skeleton_with(0), [(8, 6, 0, -1)], [bytes(8)], [_entry(dtype=6, flags=1, shape=(1,))]
+    )
     with pytest.raises(serializer.FormatError):
         serializer.load(io.BytesIO(stream))
 

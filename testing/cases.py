@@ -53,7 +53,9 @@ class Case:
 
 def _dtype_case(dtype: torch.dtype) -> Case:
     name = str(dtype).removeprefix("torch.")
-    return Case(f"dtype-{name}", lambda d: {"t": make_tensor((3, 5), dtype, d)}, frozenset({"dtype"}))
+    return Case(
+        f"dtype-{name}", lambda d: {"t": make_tensor((3, 5), dtype, d)}, frozenset({"dtype"})
+    )
 
 
 def _layout_cases() -> Iterator[Case]:
@@ -94,7 +96,9 @@ def _layout_cases() -> Iterator[Case]:
         "parameters": parameter,
         "large": lambda d: {"t": make_tensor((1 << 21,), f32, d)},  # 8 MiB: the chunked path
         "many-small": lambda d: {f"t{i}": make_tensor((i % 7 + 1,), f32, d, i) for i in range(300)},
-        "ordered-dict": lambda d: OrderedDict(b=make_tensor((2,), f32, d), a=torch.ones(1, device=d)),
+        "ordered-dict": lambda d: OrderedDict(
+            b=make_tensor((2,), f32, d), a=torch.ones(1, device=d)
+        ),
         "nested": lambda d: {
             "model": {"layer": [make_tensor((2, 2), f32, d), {"bias": make_tensor((2,), f32, d)}]},
             "step": 7,
@@ -208,7 +212,7 @@ def _compare(a: Any, e: Any, path: str, ga: dict[int, list[str]], ge: dict[int, 
             _compare(a[k], e[k], f"{path}[{k!r}]", ga, ge)
     elif isinstance(e, (list, tuple)):
         assert len(a) == len(e), f"{path}: length {len(a)} != {len(e)}"
-        for i, (x, y) in enumerate(zip(a, e)):
+        for i, (x, y) in enumerate(zip(a, e, strict=True)):
             _compare(x, y, f"{path}[{i}]", ga, ge)
     elif isinstance(e, float) and math.isnan(e):
         assert math.isnan(a), f"{path}: {a!r} != nan"

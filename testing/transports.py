@@ -82,6 +82,7 @@ def via_pipe(obj: Any, load: Loader) -> Any:
     """An os.pipe read and written unbuffered (raw FileIO), the writer in a thread."""
     r, w = os.pipe()
     with open(r, "rb", buffering=0) as reader, open(w, "wb", buffering=0) as writer:
+
         def send() -> None:
             serializer.save(obj, writer)
             writer.close()

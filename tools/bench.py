@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 LIBS = ["ours", "torch_stream", "torch", "safetensors", "raw"]
@@ -173,7 +172,9 @@ def _feed(path: str, w: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], pass_fds=(w,))
 
 
-def run_case(lib: str, op: str, transport: str, set_name: str, path: str, reps: int, quick: bool) -> dict[str, Any]:
+def run_case(
+    lib: str, op: str, transport: str, set_name: str, path: str, reps: int, quick: bool
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -257,7 +258,9 @@ def _available(lib: str) -> bool:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small sets, to check the harness")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--sets", default=",".join(SETS))
@@ -312,7 +315,10 @@ def main() -> None:
 
 def _print_row(r: dict[str, Any]) -> None:
     if "error" in r:
-        print(f"{r['set']:5} {r['op']:4} {r['transport']:4} {r['lib']:12} ERROR {r['error']}", flush=True)
+        print(
+            f"{r['set']:5} {r['op']:4} {r['transport']:4} {r['lib']:12} ERROR {r['error']}",
+            flush=True,
+        )
         return
     print(
         f"{r['set']:5} {r['op']:4} {r['transport']:4} {r['lib']:12} {r['gbps']:6.2f} GB/s  "
@@ -327,15 +333,21 @@ def report(results: list[dict[str, Any]]) -> str:
     for r in results:
         by.setdefault((r["set"], r["op"], r["transport"]), {})[r["lib"]] = r
     refs = [lib for lib in LIBS if lib != "ours"]
-    head = "| set | op | via | ours GB/s | ours RSS | " + " | ".join(
-        f"{ref} GB/s (ours ×)" for ref in refs
-    ) + " |"
+    head = (
+        "| set | op | via | ours GB/s | ours RSS | "
+        + " | ".join(f"{ref} GB/s (ours ×)" for ref in refs)
+        + " |"
+    )
     lines = [head, "|" + " --- |" * (5 + len(refs))]
     for (set_name, op, transport), row in by.items():
         ours = row.get("ours", {})
         cells = [set_name, op, transport]
         if "gbps" in ours:
-            cells += [f"{ours['gbps']:.2f}", f"+{ours['rss_growth'] / 2**20:.0f} MiB ({ours['rss_growth'] / ours['payload']:.2f}x)"]
+            cells += [
+                f"{ours['gbps']:.2f}",
+                f"+{ours['rss_growth'] / 2**20:.0f} MiB "
+                f"({ours['rss_growth'] / ours['payload']:.2f}x)",
+            ]
         else:
             cells += ["error", ""]
         for ref in refs:

@@ -51,7 +51,10 @@ def main() -> None:
     each = int(a.gib * (1 << 30)) // a.tensors // 4
     sd = {f"t{i}": torch.randn(each, device="cuda") for i in range(a.tensors)}
     size = each * 4 * a.tensors
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: {a.tensors} tensors, {size / 2**30:.2f} GiB")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}: "
+        f"{a.tensors} tensors, {size / 2**30:.2f} GiB"
+    )
 
     chunk = torch.empty(256 << 20, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
@@ -71,7 +74,9 @@ def main() -> None:
         _streaming_save(sd, tbuf)
         torch_stream = tbuf.getvalue()
         rows.append(("torch _streaming_save", lambda: _streaming_save(sd, _Null()), d2h))
-        rows.append(("torch _streaming_load", lambda: _streaming_load(io.BytesIO(torch_stream)), h2d))
+        rows.append(
+            ("torch _streaming_load", lambda: _streaming_load(io.BytesIO(torch_stream)), h2d)
+        )
     except ImportError:
         pass
     results = {}
@@ -82,10 +87,14 @@ def main() -> None:
         gbps = size / _timed(fn, a.reps) / 1e9
         results[name] = gbps
         pinned = stats()["allocated_bytes.peak"] / 2**20 if stats is not None else float("nan")
-        print(f"{name:24} {gbps:6.2f} GB/s  {gbps / bound:5.0%} of pinned copy  pinned peak {pinned:.0f} MiB")
+        print(
+            f"{name:24} {gbps:6.2f} GB/s  {gbps / bound:5.0%} of pinned copy  "
+            f"pinned peak {pinned:.0f} MiB"
+        )
     if "torch _streaming_save" in results:
-        print(f"save: serializer / torch = {results['serializer save'] / results['torch _streaming_save']:.2f}x")
-        print(f"load: serializer / torch = {results['serializer load'] / results['torch _streaming_load']:.2f}x")
+        for op in ("save", "load"):
+            ratio = results[f"serializer {op}"] / results[f"torch _streaming_{op}"]
+            print(f"{op}: serializer / torch = {ratio:.2f}x")
     print(f"staging ring: {serializer._ring.staging_config()}")
 
 

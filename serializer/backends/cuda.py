@@ -20,14 +20,14 @@ from serializer._ring import read_through_ring, ring_buffers, staging_config, wr
 class _CudaStaging:
     def __init__(self, device: torch.device) -> None:
         self._caller = torch.cuda.current_stream(device)
-        self._side = torch.cuda.Stream(device)
+        self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._side.wait_stream(self._caller)
         self._events: dict[int, torch.cuda.Event] = {}
 
     def _copy(self, dst: torch.Tensor, src: torch.Tensor, slot: int) -> None:
         with torch.cuda.stream(self._side):
             dst.copy_(src, non_blocking=True)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(self._side)
         self._events[slot] = event
 

@@ -84,7 +84,10 @@ def test_cpu_to_cuda(map_location) -> None:
 def test_cuda_n_to_cuda_m() -> None:
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    obj = {"a": make_tensor((100,), torch.float32, "cuda:1"), "b": make_tensor((5,), torch.int64, "cuda:0")}
+    obj = {
+        "a": make_tensor((100,), torch.float32, "cuda:1"),
+        "b": make_tensor((5,), torch.int64, "cuda:0"),
+    }
     loaded = serializer.load(_bytes(obj), map_location={"cuda:1": "cuda:0"})
     assert loaded["a"].device == torch.device("cuda", 0)
     assert loaded["b"].device == torch.device("cuda", 0)
@@ -106,7 +109,7 @@ def test_tensor_larger_than_the_ring() -> None:
     serializer.configure_staging(slots=2, chunk_bytes=1 << 20)
     try:
         big = make_tensor((5 << 20,), torch.uint8, "cuda")  # 5 MiB through 2 x 1 MiB
-        tail = make_tensor((1 << 20,) , torch.float32, "cuda")[3:]
+        tail = make_tensor((1 << 20,), torch.float32, "cuda")[3:]
         obj = {"big": big, "tail": tail}
         assert_same(serializer.load(_bytes(obj)), obj)
     finally:
@@ -147,7 +150,10 @@ def test_loaded_tensors_are_ready_on_the_current_stream() -> None:
 
 def test_torch_streaming_interop_on_cuda() -> None:
     _serialization = pytest.importorskip("torch.distributed._serialization")
-    obj = {"scalar": torch.tensor(42.0, device="cuda"), "w": make_tensor((4, 4), torch.float32, "cuda")}
+    obj = {
+        "scalar": torch.tensor(42.0, device="cuda"),
+        "w": make_tensor((4, 4), torch.float32, "cuda"),
+    }
     buf = io.BytesIO()
     _serialization._streaming_save(obj, buf)
     buf.seek(0)

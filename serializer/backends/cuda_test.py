@@ -58,5 +58,3 @@ def _reseal_header(data: bytearray) -> None:
     start = _format.PREAMBLE_SIZE
     end = start + pre.storage_count * 16 + pre.tensor_table_len + pre.skeleton_len
     struct.pack_into("<Q", data, end, _format.checksum(bytes(data[start:end])))
-
-
