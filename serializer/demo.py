@@ -142,7 +142,11 @@ def send(method: str, layers: int, width: int, port: int) -> dict[str, Any]:
 def _run_pair(method: str, args: argparse.Namespace, total: int) -> dict[str, Any]:
     base = [sys.executable, "-m", "serializer", "demo", "--layers", str(args.layers),
             "--width", str(args.width)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore:Failed to initialize NumPy",
+    }
     receiver = subprocess.Popen(
         [*base, "--role", "receive", "--method", method, "--total", str(total)],
         stdout=subprocess.PIPE, text=True, env=env,
