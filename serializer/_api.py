@@ -331,8 +331,9 @@ def _read_storages(
     header: _Header,
     map_location: MapLocation,
     wanted: Collection[int] | None,
-) -> list[torch.UntypedStorage | None]:
-    """Read every record; keep the wanted ones (all when `wanted` is None)."""
+) -> list[torch.Tensor | None]:
+    """Read every record; keep the wanted ones (all when `wanted` is None), each as a 1-D
+    uint8 tensor over its storage."""
     swap = header.preamble.big_endian != _HOST_BIG_ENDIAN
     on_cpu_first = callable(map_location) and not isinstance(map_location, Mapping)
     resolved: dict[str, torch.device] = {}
@@ -364,18 +365,16 @@ def _read_storages(
     except (TruncatedError, ChecksumError) as e:
         raise _named(header, e) from None
     _check_trailer(src, header)
-    storages: list[torch.UntypedStorage | None] = []
-    for entry, loaded in zip(header.table, datas, strict=True):
+    for index, (entry, loaded) in enumerate(zip(header.table, datas, strict=True)):
         if loaded is None:
-            storages.append(None)
             continue
         if swap:
             _byteswap(loaded, _format.swap_unit(entry.dtype_id))
-        storage = loaded.untyped_storage()
         if on_cpu_first:
-            storage = _apply_callable(map_location, storage, entry.location)  # type: ignore[arg-type]
-        storages.append(storage)
-    return storages
+            storage = loaded.untyped_storage()
+            placed = _apply_callable(map_location, storage, entry.location)  # type: ignore[arg-type]
+            datas[index] = as_bytes(placed)
+    return datas
 
 
 _CPU = torch.device("cpu")
@@ -385,14 +384,15 @@ _HOST_BIG_ENDIAN = sys.byteorder == "big"
 # ---------------------------------------------------------------------------- skeleton
 
 
-def _rebuild(ref: TensorRef, storage: torch.UntypedStorage | None) -> torch.Tensor:
-    dtype = _format.dtype_from_id(ref.dtype_id, f"tensor of storage {ref.storage}")
-    if storage is None:  # not selected: a data-less stand-in that no code can mistake for data
+def _rebuild(ref: TensorRef, data: torch.Tensor | None) -> torch.Tensor:
+    """The tensor `ref` describes, as a view of its storage's bytes `data`."""
+    dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)
+    if dtype is None:
+        dtype = _format.dtype_from_id(ref.dtype_id, f"a tensor of storage {ref.storage}")
+    if data is None:  # not selected: a data-less stand-in that no code can mistake for data
         t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
     else:
-        t = torch.empty(0, dtype=dtype, device=storage.device).set_(
-            storage, ref.offset, ref.shape, ref.stride
-        )
+        t = data.view(dtype).as_strided(ref.shape, ref.stride, ref.offset)
     if ref.kind == _format.PARAMETER:
         return torch.nn.Parameter(t, requires_grad=ref.requires_grad)
     if ref.requires_grad:
@@ -402,15 +402,20 @@ def _rebuild(ref: TensorRef, storage: torch.UntypedStorage | None) -> torch.Tens
 
 def _unpickle(
     header: _Header,
-    storages: list[torch.UntypedStorage | None],
+    datas: list[torch.Tensor | None],
     weights_only: bool,
     pickle_module: Any,
     pickle_load_args: dict[str, Any],
 ) -> Any:
+    tensors = header.tensors
+    count = len(tensors)
+
     def persistent_load(pid: Any) -> torch.Tensor:
-        ref = _ref(header, pid)
+        if type(pid) is not int or not 0 <= pid < count:
+            raise FormatError(f"skeleton names tensor {pid!r:.100} of {count}")
+        ref = tensors[pid]
         try:
-            return _rebuild(ref, storages[ref.storage])
+            return _rebuild(ref, datas[ref.storage])
         except SerializerError:
             raise
         except Exception as e:

@@ -288,41 +288,56 @@ def pack_tensor(
 def unpack_tensor_table(data: bytes, count: int, table: list[StorageEntry]) -> list[TensorRef]:
     """Parse and validate every tensor entry against the storage table."""
     refs = []
+    append = refs.append
     pos = 0
+    end = len(data)
     unpack_head = _TENSOR.unpack_from
+    head_size = TENSOR_ENTRY_SIZE
+    dims_structs: dict[int, struct.Struct] = {}
+    itemsizes = ITEMSIZE_BY_ID
+    storages = len(table)
     for index in range(count):
-        if pos + TENSOR_ENTRY_SIZE > len(data):
+        if pos + head_size > end:
             raise FormatError(f"tensor table ends inside tensor {index}")
         storage, dtype_id, kind, flags, offset, ndim = unpack_head(data, pos)
-        pos += TENSOR_ENTRY_SIZE
-        if ndim > MAX_NDIM or pos + 16 * ndim > len(data):
-            raise FormatError(f"tensor {index} has a malformed entry (ndim {ndim})")
-        dims = struct.unpack_from(f"<{2 * ndim}Q", data, pos)
-        pos += 16 * ndim
+        pos += head_size
+        dims_struct = dims_structs.get(ndim)
+        if dims_struct is None:
+            if ndim > MAX_NDIM:
+                raise FormatError(f"tensor {index} has {ndim} dimensions (at most {MAX_NDIM})")
+            dims_struct = dims_structs[ndim] = struct.Struct(f"<{2 * ndim}Q")
+        if pos + dims_struct.size > end:
+            raise FormatError(f"tensor table ends inside tensor {index}")
+        dims = dims_struct.unpack_from(data, pos)
+        pos += dims_struct.size
         shape, stride = dims[:ndim], dims[ndim:]
         if kind > PARAMETER or flags & ~_REQUIRES_GRAD:
             raise FormatError(f"tensor {index} has unknown kind {kind} or flags {flags}")
-        if storage >= len(table):
-            raise FormatError(f"tensor {index} names storage {storage} of {len(table)}")
+        if storage >= storages:
+            raise FormatError(f"tensor {index} names storage {storage} of {storages}")
         entry = table[storage]
-        itemsize = ITEMSIZE_BY_ID.get(dtype_id)
+        itemsize = itemsizes.get(dtype_id)
         if itemsize is None:
             raise FormatError(f"tensor {index} has unknown dtype id {dtype_id}")
-        if itemsize != ITEMSIZE_BY_ID[entry.dtype_id]:
+        if itemsize != itemsizes[entry.dtype_id]:
             raise FormatError(
                 f"tensor {index} of dtype {DTYPE_TABLE[dtype_id][0]} views storage {storage} "
                 f"of dtype {DTYPE_TABLE[entry.dtype_id][0]}"
             )
-        if 0 not in shape:
+        if ndim == 1:
+            last = offset + (shape[0] - 1) * stride[0] if shape[0] else -1
+        elif 0 in shape:
+            last = -1
+        else:
             last = offset
             for n, st in zip(shape, stride, strict=True):
                 last += (n - 1) * st
-            if (last + 1) * itemsize > entry.nbytes:
-                raise FormatError(
-                    f"tensor {index} of shape {list(shape)}, stride {list(stride)}, offset "
-                    f"{offset} reaches past the {entry.nbytes} bytes of storage {storage}"
-                )
-        refs.append(TensorRef(kind, storage, dtype_id, shape, stride, offset, bool(flags)))
-    if pos != len(data):
-        raise FormatError(f"tensor table has {len(data) - pos} bytes after its last entry")
+        if (last + 1) * itemsize > entry.nbytes:
+            raise FormatError(
+                f"tensor {index} of shape {list(shape)}, stride {list(stride)}, offset "
+                f"{offset} reaches past the {entry.nbytes} bytes of storage {storage}"
+            )
+        append(TensorRef(kind, storage, dtype_id, shape, stride, offset, bool(flags)))
+    if pos != end:
+        raise FormatError(f"tensor table has {end - pos} bytes after its last entry")
     return refs
