@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._format import StorageEntry, TensorRef
 from ._io import Sink, Source
-from ._registry import as_bytes, backend_for
+from ._registry import as_bytes, backend_for, local_tensor
 from ._ring import runs
 
 DEFAULT_PROTOCOL = 2  # torch.serialization.DEFAULT_PROTOCOL, kept for drop-in compatibility
@@ -421,13 +421,21 @@ def _unpickle(
         except Exception as e:
             raise FormatError(f"cannot rebuild tensor {pid!r:.200}: {e}") from e
 
-    return _pickling.loads(
-        header.skeleton,
-        persistent_load,
-        weights_only=weights_only,
-        pickle_module=pickle_module,
-        **pickle_load_args,
-    )
+    try:
+        return _pickling.loads(
+            header.skeleton,
+            persistent_load,
+            weights_only=weights_only,
+            pickle_module=pickle_module,
+            **pickle_load_args,
+        )
+    except FormatError as e:
+        # A backend's rebuild of a tensor subclass raised one of our errors (e.g. a
+        # DeviceError: no process group for a DTensor): report it, not a malformed skeleton.
+        cause = e.__cause__
+        if isinstance(cause, SerializerError) and not isinstance(cause, FormatError):
+            raise cause from None
+        raise
 
 
 def _placeholder_skeleton(
@@ -578,7 +586,7 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
         header = _read_header(src, src.read(1, "magic"))
         outline = _placeholder_skeleton(header, True, None, {})
         stream = dict(_walk(outline, TensorRef))
-        dest = dict(_walk(state_dict, torch.Tensor))
+        dest = {key: local_tensor(t) for key, t in _walk(state_dict, torch.Tensor)}
         missing = sorted(dest.keys() - stream.keys())
         unexpected = sorted(stream.keys() - dest.keys())
         if strict and (missing or unexpected):

@@ -97,7 +97,7 @@ class Sink:
         _check_binary(f, "save")
         self._f = f
         self._raw_write: Callable[[memoryview], None]
-        if isinstance(f, socket.socket):
+        if isinstance(f, socket.socket) and f.gettimeout() != 0.0:
             self._raw_write = f.sendall
         else:
             self._raw_write = self._write_loop
@@ -109,10 +109,13 @@ class Sink:
         self._record: Any = None
 
     def _write_loop(self, data: memoryview) -> None:
-        write = self._f.write
+        write = self._f.send if isinstance(self._f, socket.socket) else self._f.write
         while data:
-            n = write(data)
-            if n is None:  # non-blocking raw file that would block
+            try:
+                n = write(data)
+            except BlockingIOError as e:  # non-blocking socket or buffered file
+                n = getattr(e, "characters_written", 0) or None
+            if not n:  # non-blocking raw file that would block
                 _wait_ready(self._f, writable=True)
                 continue
             if n == len(data):
@@ -214,7 +217,10 @@ class Source:
 
     def _raw(self, mv: memoryview) -> int:
         while True:
-            n = self._raw_readinto(mv)
+            try:
+                n = self._raw_readinto(mv)
+            except BlockingIOError:  # non-blocking socket or buffered file
+                n = None
             if n is None:
                 _wait_ready(self._f, writable=False)
                 continue

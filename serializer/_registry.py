@@ -73,6 +73,20 @@ def subclass_reducer(cls: type) -> Callable[[Any], Any] | None:
     return reducer
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor holding this process's data of `t`, which in-place loads fill: `t`
+    itself, or for a subclass a backend knows (`local_tensor(obj)` of its module, e.g. a
+    DTensor's local shard)."""
+    cls = type(t)
+    if cls is torch.Tensor or cls is torch.nn.Parameter:
+        return t
+    module = _SUBCLASS_MODULES.get(cls.__name__)
+    if module is None or not cls.__module__.startswith("torch."):
+        return t
+    unwrap = getattr(importlib.import_module(module), "local_tensor", None)
+    return t if unwrap is None else unwrap(t)
+
+
 def backend_global(full_name: str) -> Any | None:
     """A global named `module.name` that a backend module allows in weights_only loads."""
     module, _, name = full_name.rpartition(".")

@@ -252,3 +252,30 @@ def test_load_into_checks_keys_shapes_dtypes() -> None:
         dest, _bytes({"a": torch.ones(2), "b": torch.ones(3)}), strict=False
     )
     assert result.unexpected_keys == ["b"] and torch.equal(dest["a"], torch.ones(2))
+
+
+def test_non_blocking_sockets() -> None:
+    import socket
+    import threading
+
+    obj = {"t": make_tensor((1 << 20,), torch.float32), "s": "x"}
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        errors = []
+
+        def send() -> None:
+            try:
+                serializer.save(obj, a)
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                a.shutdown(socket.SHUT_WR)  # the reader sees the end instead of waiting
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        loaded = serializer.load(b)
+        thread.join()
+    assert not errors
+    assert_same(loaded, obj)

@@ -113,3 +113,31 @@ def test_shard_index_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
     code, ran, out = run(tmp_path, TWO_TESTS, "--shard-count=2", "--shard-index=2")
     assert code == pytest.ExitCode.USAGE_ERROR and not ran, out
     assert "shard index 2 is not in [0, 2)" in out
+
+
+def _collected(args: list[str]) -> list[str]:
+    """Node ids pytest selects with `args` (collection only), in the repo's own config."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode in (0, 5), out.stdout + out.stderr
+    return [line for line in out.stdout.splitlines() if "::" in line]
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_gpu_suite_shards_run_every_test_exactly_once(count: int) -> None:
+    """The real GPU suite (collected on any machine) splits with none lost or doubled."""
+    suite = "serializer/backends/cuda_gpu_test.py"
+    whole = _collected([suite])
+    assert len(whole) > 100
+    shards = [
+        _collected([suite, "--shard-count", str(count), "--shard-index", str(i)])
+        for i in range(count)
+    ]
+    union = [node for shard in shards for node in shard]
+    assert sorted(union) == sorted(whole)
+    assert len(set(union)) == len(union)
