@@ -559,10 +559,8 @@ class LoadResult(NamedTuple):
 
 def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     """A 1-D uint8 view of the bytes of a contiguous tensor."""
-    size = t.element_size()
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset() * size, (t.numel() * size,), (1,)
-    )
+    flat = t.detach().reshape(-1)
+    return flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
 
 
 def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

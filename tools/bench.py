@@ -5,10 +5,13 @@ and the raw limit, through a file and through an os.pipe to another process.
     python -m tools.bench --quick         # small sets, to check the harness
     python -m tools.bench --sets small --transports pipe --libs ours,torch_stream
 
-Every case runs in its own process (fresh memory, its own peak RSS). Throughput is payload
-bytes over wall time, the median of --reps timed runs after one cold run; peak RSS growth is
-measured on the cold run, relative to the process's RSS just before the operation. Ratios are
-only meaningful between figures of one run (docs/BENCHMARKS.md).
+Every run of a case is its own process doing the operation once, cold: memory never touched
+before (as in a process that receives a checkpoint), stream files in the page cache. `load`
+allocates its result; `load_into` fills tensors allocated and touched before the clock starts
+(ours: serializer.load_into; raw: readinto; the others: load, then copy_). Throughput is
+payload bytes over wall time, the median of --reps processes; peak RSS growth is the largest,
+relative to the process's RSS just before the operation. Ratios are only meaningful between
+figures of one run (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from typing import Any
 
 LIBS = ["ours", "torch_stream", "torch", "safetensors", "raw"]
-OPS = ["save", "load"]
+OPS = ["save", "load", "load_into"]
 TRANSPORTS = ["file", "pipe"]
 SETS = ["big", "small"]
 PIPE_SIZE = 1 << 20
@@ -172,65 +175,67 @@ def _feed(path: str, w: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], pass_fds=(w,))
 
 
-def run_case(
-    lib: str, op: str, transport: str, set_name: str, path: str, reps: int, quick: bool
-) -> dict[str, Any]:
+def lib_load_into(lib: str, f: Any, dest: dict[str, Any]) -> None:
+    """Load into existing tensors, each library its own best way."""
+    if lib == "ours":
+        import serializer
+
+        serializer.load_into(dest, f)
+    elif lib == "raw":
+        for t in dest.values():
+            view = _memory(t)
+            while view:
+                got = f.readinto(view)
+                if not got:
+                    raise EOFError
+                view = view[got:]
+    else:
+        loaded = lib_load(lib, f, [])
+        for k, t in dest.items():
+            t.copy_(loaded[k])
+
+
+def run_case(lib: str, op: str, transport: str, set_name: str, path: str, quick: bool) -> dict[str, Any]:
+    """One operation, cold, in this fresh process: its time and peak RSS growth."""
     import torch
 
     torch.set_num_threads(1)
-    times: list[float] = []
-    growth = 0
+    sd = make_set(set_name, quick) if op in ("save", "load_into") else None
+    size = sum(set_numels(set_name, quick)) * 4
+    before = _rss()
     if op == "save":
-        sd = make_set(set_name, quick)
-        size = payload(sd)
-        for rep in range(reps + 1):
-            before = _rss()
-            if transport == "file":
-                start = time.perf_counter()
-                with open(path, "wb") as f:
-                    lib_save(lib, sd, f)
-            else:
-                r, w = _pipe()
-                proc = _drain(r)
-                os.close(r)
-                start = time.perf_counter()
-                with open(w, "wb", buffering=0) as f:
-                    lib_save(lib, sd, f)
-                proc.wait()
-            elapsed = time.perf_counter() - start
-            if rep == 0:
-                growth = _peak() - before
-            else:
-                times.append(elapsed)
+        if transport == "file":
+            start = time.perf_counter()
+            with open(path, "wb") as f:
+                lib_save(lib, sd, f)  # type: ignore[arg-type]
+        else:
+            r, w = _pipe()
+            proc = _drain(r)
+            os.close(r)
+            start = time.perf_counter()
+            with open(w, "wb", buffering=0) as f:
+                lib_save(lib, sd, f)  # type: ignore[arg-type]
+            proc.wait()
     else:
-        sizes = set_numels(set_name, quick)
-        size = sum(sizes) * 4
-        for rep in range(reps + 1):
-            before = _rss()
-            if transport == "file":
-                start = time.perf_counter()
-                with open(path, "rb") as f:
-                    out = lib_load(lib, f, sizes)
+        proc = None
+        if transport == "file":
+            f = open(path, "rb")
+        else:
+            r, w = _pipe()
+            proc = _feed(path, w)
+            os.close(w)
+            # torch's streaming load breaks on raw short reads: it gets a buffered pipe.
+            f = open(r, "rb", buffering=-1 if lib == "torch_stream" else 0)
+        start = time.perf_counter()
+        with f:
+            if op == "load":
+                out = lib_load(lib, f, set_numels(set_name, quick))
             else:
-                r, w = _pipe()
-                proc = _feed(path, w)
-                os.close(w)
-                start = time.perf_counter()
-                # torch's streaming load breaks on raw short reads: it gets a buffered pipe.
-                buffering = -1 if lib == "torch_stream" else 0
-                with open(r, "rb", buffering=buffering) as f:
-                    out = lib_load(lib, f, sizes)
-                proc.wait()
-            elapsed = time.perf_counter() - start
-            if rep == 0:
-                growth = _peak() - before
-            else:
-                times.append(elapsed)
-            del out
-    return {
-        "lib": lib, "op": op, "transport": transport, "set": set_name, "payload": size,
-        "seconds": times, "gbps": size / statistics.median(times) / 1e9, "rss_growth": growth,
-    }  # fmt: skip
+                lib_load_into(lib, f, sd)  # type: ignore[arg-type]
+        if proc is not None:
+            proc.wait()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "rss_growth": _peak() - before, "payload": size}
 
 
 # ---------------------------------------------------------------------------- driver
@@ -244,6 +249,22 @@ def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _measure(args: list[str], env: dict[str, str], reps: int) -> dict[str, Any]:
+    """Median time and largest RSS growth over `reps` processes, each one cold run."""
+    runs = [_child(args, env) for _ in range(reps)]
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    times = [r["seconds"] for r in runs]
+    payload = runs[0]["payload"]
+    return {
+        "payload": payload,
+        "seconds": times,
+        "gbps": payload / statistics.median(times) / 1e9,
+        "rss_growth": max(r["rss_growth"] for r in runs),
+    }
 
 
 def _available(lib: str) -> bool:
@@ -282,7 +303,7 @@ def main() -> None:
         return
     if a.case:
         lib, op, transport, set_name = a.case.split(":")
-        print(json.dumps(run_case(lib, op, transport, set_name, a.path, a.reps, a.quick)))
+        print(json.dumps(run_case(lib, op, transport, set_name, a.path, a.quick)))
         return
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -296,11 +317,11 @@ def main() -> None:
             for op in a.ops.split(","):
                 for lib in libs:
                     path = os.path.join(tmp, f"{lib}-{set_name}")
-                    if op == "load":
+                    if op != "save":
                         _child(["--prepare", f"{lib}:{set_name}", "--path", path, *quick], env)
                     for transport in a.transports.split(","):
                         args = ["--case", f"{lib}:{op}:{transport}:{set_name}", "--path", path]
-                        r = _child([*args, "--reps", str(a.reps), *quick], env)
+                        r = _measure([*args, *quick], env, a.reps)
                         r.update(lib=lib, op=op, transport=transport, set=set_name)
                         results.append(r)
                         _print_row(r)
