@@ -54,7 +54,11 @@ class _Hasher:
         self._pending: list[Future[None]] = []
 
     def submit(self, state: Any, data: memoryview) -> None:
-        if len(data) < HASH_IN_THREAD:
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()
+        # A small piece is hashed here, unless earlier pieces are still being hashed on the
+        # helper thread: pieces of one record must reach the hash in order.
+        if len(data) < HASH_IN_THREAD and not self._pending:
             state.update(data)
             return
         if self._pool is None:
