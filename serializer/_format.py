@@ -287,7 +287,7 @@ def pack_tensor(
 
 def unpack_tensor_table(data: bytes, count: int, table: list[StorageEntry]) -> list[TensorRef]:
     """Parse and validate every tensor entry against the storage table."""
-    refs = []
+    refs: list[TensorRef] = []
     append = refs.append
     pos = 0
     end = len(data)

@@ -195,7 +195,9 @@ def lib_load_into(lib: str, f: Any, dest: dict[str, Any]) -> None:
             t.copy_(loaded[k])
 
 
-def run_case(lib: str, op: str, transport: str, set_name: str, path: str, quick: bool) -> dict[str, Any]:
+def run_case(
+    lib: str, op: str, transport: str, set_name: str, path: str, quick: bool
+) -> dict[str, Any]:
     """One operation, cold, in this fresh process: its time and peak RSS growth."""
     import torch
 
@@ -229,7 +231,7 @@ def run_case(lib: str, op: str, transport: str, set_name: str, path: str, quick:
         start = time.perf_counter()
         with f:
             if op == "load":
-                out = lib_load(lib, f, set_numels(set_name, quick))
+                _result = lib_load(lib, f, set_numels(set_name, quick))  # alive until timed
             else:
                 lib_load_into(lib, f, sd)  # type: ignore[arg-type]
         if proc is not None:
