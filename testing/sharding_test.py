@@ -118,11 +118,14 @@ def test_shard_index_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
 def _collected(args: list[str]) -> list[str]:
     """Node ids pytest selects with `args` (collection only), in the repo's own config."""
     root = Path(__file__).resolve().parent.parent
+    # Under Bazel this test is itself sharded: the inner runs must not inherit that.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_SHARD", "TEST_TOTAL"))}
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
         cwd=root,
         capture_output=True,
         text=True,
+        env=env,
     )
     assert out.returncode in (0, 5), out.stdout + out.stderr
     return [line for line in out.stdout.splitlines() if "::" in line]
