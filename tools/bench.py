@@ -73,6 +73,16 @@ def _memory(t: Any) -> memoryview:
     return tensor_memory(t)
 
 
+def _readinto_exact(f: Any, t: Any) -> None:
+    """The raw limit's read: fill tensor `t` from `f` with a plain readinto loop."""
+    view = _memory(t)
+    while view:
+        got = f.readinto(view)
+        if not got:
+            raise EOFError
+        view = view[got:]
+
+
 def lib_save(lib: str, sd: dict[str, Any], f: Any) -> None:
     if lib == "ours":
         import serializer
@@ -122,16 +132,9 @@ def lib_load(lib: str, f: Any, shapes: list[int]) -> Any:
     if lib == "raw":
         import torch
 
-        out = []
-        for n in shapes:
-            t = torch.empty(n)
-            view = _memory(t)
-            while view:
-                got = f.readinto(view)
-                if not got:
-                    raise EOFError
-                view = view[got:]
-            out.append(t)
+        out = [torch.empty(n) for n in shapes]
+        for t in out:
+            _readinto_exact(f, t)
         return out
     raise ValueError(lib)
 
@@ -183,12 +186,7 @@ def lib_load_into(lib: str, f: Any, dest: dict[str, Any]) -> None:
         serializer.load_into(dest, f)
     elif lib == "raw":
         for t in dest.values():
-            view = _memory(t)
-            while view:
-                got = f.readinto(view)
-                if not got:
-                    raise EOFError
-                view = view[got:]
+            _readinto_exact(f, t)
     else:
         loaded = lib_load(lib, f, [])
         for k, t in dest.items():
@@ -365,7 +363,9 @@ def report(results: list[dict[str, Any]]) -> str:
     for (set_name, op, transport), row in by.items():
         ours = row.get("ours", {})
         cells = [set_name, op, transport]
-        if "gbps" in ours:
+        if not ours:
+            cells += ["—", ""]
+        elif "gbps" in ours:
             cells += [
                 f"{ours['gbps']:.2f}",
                 f"+{ours['rss_growth'] / 2**20:.0f} MiB "
