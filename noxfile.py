@@ -29,7 +29,8 @@ SWEEP = [
     "2.12.1", "2.13.0", "2.14.1", "2.15.0",
 ]  # fmt: skip
 CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
-TEST_DEPS = ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3"]
+# numpy: torch's object collectives (DCP plans in the distributed tests) call .numpy().
+TEST_DEPS = ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy"]
 
 
 def install_torch(session: nox.Session, version: str) -> None:

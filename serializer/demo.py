@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -53,7 +52,13 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak RSS of this process (VmHWM; unlike ru_maxrss it does not carry a parent's
+    peak across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class _Progress(io.RawIOBase):

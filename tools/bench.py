@@ -21,7 +21,6 @@ import fcntl
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -148,7 +147,13 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak RSS of this process (VmHWM; unlike ru_maxrss it does not carry a parent's
+    peak across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _pipe() -> tuple[int, int]:
