@@ -46,12 +46,13 @@ def build_model(layers: int, width: int, seed: int) -> torch.nn.Module:
     return model
 
 
-def _rss() -> int:
+def rss() -> int:
+    """Current RSS of this process, in bytes."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak() -> int:
+def peak_rss() -> int:
     """Peak RSS of this process (VmHWM; unlike ru_maxrss it does not carry a parent's
     peak across exec)."""
     with open("/proc/self/status") as f:
@@ -98,7 +99,7 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
     server = socket.create_server(("127.0.0.1", 0))
     print(json.dumps({"port": server.getsockname()[1]}), flush=True)
     conn, _ = server.accept()
-    before = _rss()
+    before = rss()
     start = time.perf_counter()
     with conn:
         if method == "serializer":
@@ -113,7 +114,7 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
             data = io.BytesIO(conn.makefile("rb").read())
             model.load_state_dict(torch.load(data))
     elapsed = time.perf_counter() - start
-    growth = _peak() - before
+    growth = peak_rss() - before
     if progress:
         sys.stderr.write("\n")
     expected = build_model(layers, width, seed=0).state_dict()
@@ -127,7 +128,7 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
 
 def send(method: str, layers: int, width: int, port: int) -> dict[str, Any]:
     sd = build_model(layers, width, seed=0).state_dict()
-    before = _rss()
+    before = rss()
     with socket.create_connection(("127.0.0.1", port)) as sock:
         start = time.perf_counter()
         if method == "serializer":
@@ -141,7 +142,7 @@ def send(method: str, layers: int, width: int, port: int) -> dict[str, Any]:
                 else:
                     torch.save(sd, f)
         elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "rss_growth": _peak() - before}
+    return {"seconds": elapsed, "rss_growth": peak_rss() - before}
 
 
 def _run_pair(method: str, args: argparse.Namespace, total: int) -> dict[str, Any]:

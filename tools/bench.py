@@ -142,18 +142,15 @@ def lib_load(lib: str, f: Any, shapes: list[int]) -> Any:
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    from serializer.demo import rss
+
+    return rss()
 
 
 def _peak() -> int:
-    """Peak RSS of this process (VmHWM; unlike ru_maxrss it does not carry a parent's
-    peak across exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    from serializer.demo import peak_rss
+
+    return peak_rss()
 
 
 def _pipe() -> tuple[int, int]:
