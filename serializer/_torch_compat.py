@@ -3,13 +3,20 @@
 That format has no magic: it starts with a pickle (first byte 0x80). We hand torch's reader
 a file object that reads exactly through our `Source`, so short reads work and a cut stream
 raises `TruncatedError` instead of torch's internal errors.
+
+Two bytes are all the detection there is (PROTO and a protocol from 2 up), and that format
+has no checksum, so garbage that starts with them lands here too and torch's reader can fail
+on it with any exception. Every such failure becomes the library's error, with torch's as its
+cause: a global off the weights_only allowlist is an `UnsafeGlobalError` (a
+``pickle.UnpicklingError`` with torch's message), anything else a `FormatError`.
 """
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
-from ._errors import FormatError, TruncatedError
+from ._errors import FormatError, SerializerError, TruncatedError, UnsafeGlobalError
 from ._io import Source
 
 
@@ -48,6 +55,13 @@ def load_torch_stream(
     weights_only: bool,
     pickle_load_args: dict[str, Any],
 ) -> Any:
+    protocol = src.read(1, "magic")
+    if not 2 <= protocol[0] <= pickle.HIGHEST_PROTOCOL:
+        raise FormatError(
+            f"unknown magic {first + protocol!r}: neither a serializer stream nor a pickle "
+            "as torch's _streaming_save writes it"
+        )
+    first += protocol
     try:
         from torch.distributed import _serialization
     except ImportError:
@@ -63,7 +77,13 @@ def load_torch_stream(
             weights_only=weights_only,
             **pickle_load_args,
         )
-    except TruncatedError:
+    except SerializerError:
         raise
     except EOFError as e:
         raise TruncatedError("torch stream", 1, 0) from e
+    except pickle.UnpicklingError as e:
+        if "allowed global" in str(e):
+            raise UnsafeGlobalError(str(e)) from e
+        raise FormatError(f"torch's reader failed on this stream: {e}") from e
+    except Exception as e:  # garbage makes torch's reader raise anything
+        raise FormatError(f"torch's reader failed on this stream: {type(e).__name__}: {e}") from e

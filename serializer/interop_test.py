@@ -71,3 +71,18 @@ def test_torch_stream_weights_only_semantics() -> None:
     with pytest.raises(pickle.UnpicklingError, match="not an allowed global"):
         serializer.load(io.BytesIO(data))
     assert serializer.load(io.BytesIO(data), weights_only=False) == {"obj": MyClass(1)}
+
+
+def test_corrupted_torch_stream_is_the_libraries_error() -> None:
+    # torch's format has no checksum: a flipped bit may load wrong data undetected (that is
+    # one reason for ours), but whatever torch's reader raises must come out as our error.
+    obj = {"a": torch.arange(4, dtype=torch.float32), "s": "x", "n": [1, (2, 3)]}
+    data = _torch_stream(obj)
+    for weights_only in (True, False):
+        for offset in range(1, len(data)):
+            flipped = bytearray(data)
+            flipped[offset] ^= 0x10
+            try:
+                serializer.load(io.BytesIO(bytes(flipped)), weights_only=weights_only)
+            except serializer.SerializerError:
+                pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import struct
 
 import pytest
@@ -78,6 +79,20 @@ def test_garbage_and_unknown_magic() -> None:
     for junk in (b"", b"x", b"PK\x03\x04" + bytes(60), os.urandom(200), b"\x89SRLZ\r\n\x1a"):
         with pytest.raises(serializer.SerializerError):
             serializer.load(io.BytesIO(junk))
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_garbage_that_looks_like_a_torch_stream(weights_only: bool) -> None:
+    # Torch's own streams start with a pickle's PROTO opcode (0x80) and protocol, so garbage
+    # that starts so goes to torch's reader (CI once drew such bytes from os.urandom and
+    # torch raised "Unsupported operand 247"). Whatever it raises must come out as ours.
+    rng = random.Random(0)
+    junks = [b"\x80", b"\x80\xf7" + bytes(30), b"\x80\x02K\x05.", b"\x80\x02\xf7" + bytes(9)]
+    junks += [b"\x80" + rng.randbytes(rng.randrange(1, 300)) for _ in range(100)]
+    junks += [b"\x80\x02" + rng.randbytes(rng.randrange(0, 300)) for _ in range(300)]
+    for junk in junks:
+        with pytest.raises(serializer.SerializerError):
+            serializer.load(io.BytesIO(junk), weights_only=weights_only)
 
 
 def _forge(

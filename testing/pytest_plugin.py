@@ -4,10 +4,13 @@
 - ``transport``: parametrized over `testing.transports.TRANSPORTS` (a function
   ``transport(obj, load) -> loaded``).
 - ``cuda_device``: a CUDA device; tests using it, or marked ``gpu``, skip where none is present.
+- Hypothesis profiles: ``HYPOTHESIS_PROFILE=ci`` (set by ci/test.sh) derandomizes property
+  tests so that a gate does not flake; left unset, each run explores new examples.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -15,6 +18,15 @@ import torch
 
 from testing.cases import Case, catalog
 from testing.transports import TRANSPORTS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        from hypothesis import settings
+    except ImportError:  # hypothesis is a test dependency of ours, not of the plugin's users
+        return
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "default")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
