@@ -2,7 +2,8 @@
 
 `Sink` and `Source` move bytes and checksum every record as it passes. Small pieces are
 coalesced in one staging buffer (fewer system calls); large pieces go straight between tensor
-memory and the file, hashed on a helper thread while the next piece moves. A `Source` never
+memory and the file, hashed on a helper thread while the next piece moves (where the process
+has a core to spare for it; inline otherwise). A `Source` never
 reads past the end of the stream it is reading, so streams can follow each other on one
 socket.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import os
 import select
 import socket
 from collections.abc import Callable
@@ -26,6 +28,19 @@ STAGE_SIZE = 1 << 20  # staging buffer for small pieces
 SMALL = 64 << 10  # pieces below this are staged
 PIECE = 8 << 20  # large reads are split into pieces of this size to overlap hashing
 HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# The helper thread only pays where a core is free for it. With 2 CPUs, one writing and the
+# other running the process at the far end of a pipe, it stalled 4 of 10 saves of 1 GiB by
+# 1-1.6 s, while hashing inline (XXH3 at ~28 GB/s) cost nothing measurable (docs/BENCHMARKS.md).
+HASH_THREAD = _usable_cpus() >= 4
 
 
 _from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
@@ -56,9 +71,9 @@ class _Hasher:
     def submit(self, state: Any, data: memoryview) -> None:
         while self._pending and self._pending[0].done():
             self._pending.pop(0).result()
-        # A small piece is hashed here, unless earlier pieces are still being hashed on the
-        # helper thread: pieces of one record must reach the hash in order.
-        if len(data) < HASH_IN_THREAD and not self._pending:
+        # A small piece (any piece, without HASH_THREAD) is hashed here, unless earlier pieces
+        # are still being hashed on the helper thread: pieces of a record must hash in order.
+        if not self._pending and (len(data) < HASH_IN_THREAD or not HASH_THREAD):
             state.update(data)
             return
         if self._pool is None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import serializer
+from serializer import _io
 from testing.cases import Case, MyClass, assert_same, make_tensor, same_bits
 from testing.transports import save_in_subprocess
 
@@ -281,10 +282,14 @@ def test_non_blocking_sockets() -> None:
     assert_same(loaded, obj)
 
 
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash-thread", "hash-inline"])
 @pytest.mark.parametrize("tail", [0, 5, (1 << 20) - 1, 1 << 20, (1 << 20) + 3])
-def test_records_over_one_piece_with_any_tail(tail: int) -> None:
+def test_records_over_one_piece_with_any_tail(
+    tail: int, hash_thread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Records longer than one 8 MiB read piece, whose last piece is small or large: the
     pieces must be hashed in order whatever thread hashes them."""
+    monkeypatch.setattr(_io, "HASH_THREAD", hash_thread)
     t = make_tensor(((8 << 20) + tail,), torch.uint8, seed=tail)
     for _ in range(5):
         assert same_bits(serializer.load(_bytes({"t": t}))["t"], t)

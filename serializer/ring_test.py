@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import serializer
-from serializer import _ring
+from serializer import _io, _ring
 from serializer._io import Sink, Source
 from serializer.backends.cpu import BACKEND as CPU
 
@@ -98,8 +98,12 @@ def test_ring_reads_what_the_direct_path_wrote(sizes, slots, chunk) -> None:
         assert torch.equal(got, want)
 
 
-def test_large_record_through_many_slots_with_big_chunks() -> None:
+@pytest.mark.parametrize("hash_thread", [True, False], ids=["hash-thread", "hash-inline"])
+def test_large_record_through_many_slots_with_big_chunks(
+    hash_thread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Chunks past the hash-thread threshold exercise the asynchronous hashing."""
+    monkeypatch.setattr(_io, "HASH_THREAD", hash_thread)
     sizes = [(3 << 20) + 5, 0, 1 << 20, 12345]
     datas = _datas(sizes, seed=2)
     stream = _ring_stream(datas, 2, 1 << 20)
