@@ -25,7 +25,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._format import StorageEntry, TensorRef
-from ._io import Sink, Source
+from ._io import Sink, Source, tensor_memory
 from ._registry import as_bytes, backend_for, local_tensor
 from ._ring import runs
 
@@ -598,8 +598,10 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
             target = dest.get(key)
             if target is None:
                 continue
-            dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
-            if target.dtype != dtype or tuple(target.shape) != ref.shape:
+            dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)
+            if dtype is None:
+                dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
+            if target.dtype != dtype or target.shape != ref.shape:
                 problems.append(
                     f"{key!r}: stream has {dtype} {list(ref.shape)}, "
                     f"destination has {target.dtype} {list(target.shape)}"
@@ -622,6 +624,11 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
         return LoadResult(missing, unexpected)
 
 
+# Writes through raw memory bypass autograd's version counter: bump it (torch >= 2.1), so that
+# a tensor saved for backward and then loaded into fails loudly instead of silently.
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+
 def _fill(
     index: int,
     entry: StorageEntry,
@@ -629,6 +636,19 @@ def _fill(
     src: Source,
     swap: bool,
 ) -> None:
+    if len(users) == 1 and not swap:  # fast path: one CPU tensor that is the whole storage
+        ref, target = users[0]
+        if (
+            target.is_cpu
+            and ref.offset == 0
+            and ref.stride == target.stride()
+            and target.is_contiguous()
+            and target.nbytes == entry.nbytes
+        ):
+            src.read_record(tensor_memory(target), f"storage {index}")
+            if _increment_version is not None:
+                _increment_version(target)
+            return
     direct = None
     for ref, target in users:
         if (
@@ -643,8 +663,8 @@ def _fill(
         data = _bytes_of(direct)
         backend_for(direct.device.type).read_many([(data, f"storage {index}")], src)
         base, base_offset = direct.untyped_storage(), direct.storage_offset()
-        if hasattr(torch.autograd.graph, "increment_version"):
-            torch.autograd.graph.increment_version(direct)
+        if _increment_version is not None:
+            _increment_version(direct)
     else:
         device = users[0][1].device
         backend = backend_for(device.type)

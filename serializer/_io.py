@@ -15,6 +15,7 @@ import io
 import os
 import select
 import socket
+import struct
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,11 @@ STAGE_SIZE = 1 << 20  # staging buffer for small pieces
 SMALL = 64 << 10  # pieces below this are staged
 PIECE = 8 << 20  # large reads are split into pieces of this size to overlap hashing
 HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
+
+
+_CHECKSUM_SIZE = _format.CHECKSUM_SIZE
+_unpack_u64 = struct.Struct("<Q").unpack_from  # a record's checksum (docs/FORMAT.md)
+_xxh3_64 = xxhash.xxh3_64_intdigest
 
 
 def _usable_cpus() -> int:
@@ -304,7 +310,19 @@ class Source:
 
     def read_record(self, mv: memoryview, what: str) -> None:
         """Fill `mv` with one record's payload and verify the checksum after it."""
-        if len(mv) < HASH_IN_THREAD:
+        n = len(mv)
+        if n < HASH_IN_THREAD:
+            pos = self._pos
+            if self._end - pos >= n + _CHECKSUM_SIZE:  # fast path: payload and checksum staged
+                end = pos + n
+                mv[:] = self._buf_mv[pos:end]
+                self._pos = end + _CHECKSUM_SIZE
+                self.offset += n + _CHECKSUM_SIZE
+                stored = _unpack_u64(self._buf, end)[0]
+                found = _xxh3_64(mv)
+                if stored != found:
+                    raise ChecksumError(what, stored, found)
+                return
             self.readinto(mv, what)
             self._verify(_format.checksum(mv), what)
             return
