@@ -1,4 +1,4 @@
-"""Distributed tensors, resharding checkpoints and state-dict transfer over process groups.
+"""The distributed backend: DTensors, resharding checkpoints, transfer over process groups.
 
 - **DTensor** (`torch.distributed.tensor.DTensor`, `torch.distributed._tensor` on torch 2.4):
   `serializer.save` writes a DTensor as its local shard (an ordinary tensor record) plus a
@@ -11,31 +11,25 @@
   stream loads only where the world has the same size and this rank holds the same shard
   (mesh coordinate) as the rank that saved it, and `TopologyError` says why not otherwise.
   `local_shards()` loads DTensors as their plain local shards, with no process group.
-- **Resharding checkpoints**: `SerializerStorageWriter` / `SerializerStorageReader`, a
-  `torch.distributed.checkpoint` storage layer that writes one serializer stream per rank and
-  the checkpoint's metadata as a stream too, so DCP's planner reshards between any placements
-  and world sizes while every byte goes through this format.
-- **Transfer**: `send_state_dict` / `recv_state_dict` / `recv_state_dict_into` stream one
-  serializer stream between two ranks of a process group in bounded chunks, loading it with
-  `weights_only=True` (in place for `recv_state_dict_into`).
+- **Resharding checkpoints** (`distributed_checkpoint.py`): `SerializerStorageWriter` /
+  `SerializerStorageReader`, a `torch.distributed.checkpoint` storage layer in this format.
+- **Transfer** (`distributed_transfer.py`): `send_state_dict` / `recv_state_dict` /
+  `recv_state_dict_into`, one stream between two ranks of a process group in bounded chunks.
 
-docs/DISTRIBUTED.md has examples. Feature detection only: no torch version is checked.
+This module holds the DTensor part (its `_rebuild_dtensor` is the name streams record) and
+exports the other two. docs/DISTRIBUTED.md has examples. Feature detection only: no torch
+version is checked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import enum
 import functools
 import importlib
 import inspect
-import io
 import itertools
-import os
 import threading
-import uuid
 import weakref
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -66,11 +60,6 @@ SPEC_VERSION = 1  # of the dict that describes a DTensor's spec in the skeleton
 class TopologyError(DeviceError):
     """A DTensor of the stream cannot be placed on this process's world: no default process
     group, another world size, or this rank does not hold the shard the stream holds."""
-
-
-class TransferError(SerializerError, RuntimeError):
-    """A transfer over a process group failed: the peer's save failed, or the peer sent
-    something other than one whole stream."""
 
 
 # ---------------------------------------------------------------------------- torch's DTensor
@@ -674,465 +663,21 @@ def _check_meta(meta: Any) -> None:
         raise FormatError(f"a DTensor's spec lacks {e}") from None
 
 
-# ---------------------------------------------------------------------------- transfer
-
-DEFAULT_CHUNK_BYTES = 16 << 20
-_ABORT = -1  # chunk header: the sender's save failed
-
-
-def _wire_device(group: Any, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    backend = str(dist.get_backend(group)).lower()
-    if "gloo" not in backend and "nccl" in backend:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _host_memory(t: torch.Tensor) -> memoryview:
-    """A writable memoryview over a contiguous CPU uint8 tensor (the caller keeps it alive)."""
-    n = t.numel()
-    if n == 0:
-        return memoryview(bytearray(0))
-    return memoryview((ctypes.c_char * n).from_address(t.data_ptr())).cast("B")
-
-
-class _Wire:
-    """One chunk buffer (and a header) for moving bytes between two ranks."""
-
-    def __init__(self, peer: int, group: Any, chunk_bytes: int, device: Any) -> None:
-        if chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-        self.peer = peer
-        self.group = group
-        self.capacity = chunk_bytes
-        self.device = _wire_device(group, device)
-        self.host = torch.empty(chunk_bytes, dtype=torch.uint8)
-        self.host_mv = _host_memory(self.host)
-        self.wire = self.host if self.device.type == "cpu" else torch.empty(
-            chunk_bytes, dtype=torch.uint8, device=self.device
-        )
-        self.header = torch.zeros(1, dtype=torch.int64, device=self.device)
-
-    def send(self, n: int) -> None:
-        self.header.fill_(n)
-        dist.send(self.header, self.peer, group=self.group)
-        if n > 0:
-            if self.wire is not self.host:
-                self.wire[:n].copy_(self.host[:n])
-            dist.send(self.wire[:n], self.peer, group=self.group)
-
-    def recv(self) -> int:
-        dist.recv(self.header, self.peer, group=self.group)
-        n = int(self.header.item())
-        if n > self.capacity:
-            raise TransferError(
-                f"rank {self.peer} sent a chunk of {n} bytes, more than this side's chunk_bytes "
-                f"({self.capacity}); pass the same chunk_bytes on both sides"
-            )
-        if n > 0:
-            dist.recv(self.wire[:n], self.peer, group=self.group)
-            if self.wire is not self.host:
-                self.host[:n].copy_(self.wire[:n])
-        return n
-
-
-class _ChunkWriter:
-    """A binary file that sends what is written in chunks of at most `chunk_bytes`."""
-
-    def __init__(self, wire: _Wire) -> None:
-        self._wire = wire
-        self._fill = 0
-        self.sent = 0
-
-    def write(self, data: Any) -> int:
-        mv = memoryview(data).cast("B")
-        total = len(mv)
-        cap = self._wire.capacity
-        while mv:
-            k = min(len(mv), cap - self._fill)
-            self._wire.host_mv[self._fill : self._fill + k] = mv[:k]
-            self._fill += k
-            mv = mv[k:]
-            if self._fill == cap:
-                self._flush_chunk()
-        return total
-
-    def flush(self) -> None:
-        """Called by save when its stream is complete; the chunk goes out in `finish`."""
-
-    def _flush_chunk(self) -> None:
-        if self._fill:
-            self._wire.send(self._fill)
-            self.sent += self._fill
-            self._fill = 0
-
-    def finish(self) -> None:
-        self._flush_chunk()
-        self._wire.send(0)
-
-    def abort(self) -> None:
-        self._fill = 0
-        self._wire.send(_ABORT)
-
-
-class _ChunkReader:
-    """A binary file that receives what a `_ChunkWriter` sends, one chunk at a time."""
-
-    def __init__(self, wire: _Wire) -> None:
-        self._wire = wire
-        self._pos = 0
-        self._end = 0
-        self._done = False
-
-    def _next(self) -> None:
-        n = self._wire.recv()
-        if n == _ABORT:
-            self._done = True
-            raise TransferError(f"rank {self._wire.peer} failed while saving its state dict")
-        if n == 0:
-            self._done = True
-        self._pos, self._end = 0, max(n, 0)
-
-    def readinto(self, mv: Any) -> int:
-        while self._pos == self._end:
-            if self._done:
-                return 0
-            self._next()
-        k = min(len(mv), self._end - self._pos)
-        mv[:k] = self._wire.host_mv[self._pos : self._pos + k]
-        self._pos += k
-        return k
-
-    def finish(self) -> None:
-        """After a load: the peer must have sent exactly one stream."""
-        extra = self._end - self._pos
-        while not self._done:
-            self._next()
-            extra += self._end
-        if extra:
-            raise TransferError(
-                f"rank {self._wire.peer} sent {extra} bytes after the end of its stream"
-            )
-
-    def drain(self) -> None:
-        """After a failed load: take the rest of the peer's stream so that it does not hang."""
-        with contextlib.suppress(Exception):
-            while not self._done:
-                self._next()
-
-
-def send_state_dict(
-    obj: Any,
-    dst: int,
-    group: Any = None,
-    *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    device: Any = None,
-) -> int:
-    """Save `obj` (a state dict, or anything `serializer.save` takes) as one stream to rank
-    `dst` (a global rank) of `group`; returns the stream's length in bytes.
-
-    The stream goes out in chunks of at most `chunk_bytes`, each after an int64 header with
-    its length; a 0 header ends the stream, -1 tells the receiver that the save failed. Memory:
-    one chunk buffer (and its copy on the GPU for an NCCL group). The receiver calls
-    `recv_state_dict` or `recv_state_dict_into` with the same `chunk_bytes`.
-    """
-    import serializer
-
-    writer = _ChunkWriter(_Wire(dst, group, chunk_bytes, device))
-    try:
-        serializer.save(obj, writer)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            writer.abort()
-        raise
-    writer.finish()
-    return writer.sent
-
-
-def recv_state_dict(
-    src: int,
-    group: Any = None,
-    *,
-    map_location: Any = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    device: Any = None,
-) -> Any:
-    """Receive the stream rank `src` sends with `send_state_dict` and load it
-    (``weights_only=True``, as `serializer.load`)."""
-    import serializer
-
-    reader = _ChunkReader(_Wire(src, group, chunk_bytes, device))
-    try:
-        obj = serializer.load(reader, map_location=map_location)
-    except BaseException:
-        reader.drain()
-        raise
-    reader.finish()
-    return obj
-
-
-def recv_state_dict_into(
-    state_dict: Any,
-    src: int,
-    group: Any = None,
-    *,
-    strict: bool = True,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    device: Any = None,
-) -> Any:
-    """Receive the stream rank `src` sends with `send_state_dict` into the tensors of
-    `state_dict`, in place (as `serializer.load_into`; a DTensor receives into its local
-    shard). Returns `serializer.LoadResult`."""
-    import serializer
-
-    reader = _ChunkReader(_Wire(src, group, chunk_bytes, device))
-    try:
-        result = serializer.load_into(state_dict, reader, strict=strict)
-    except BaseException:
-        reader.drain()
-        raise
-    reader.finish()
-    return result
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-METADATA_FILE = "metadata.srlz"
-
-
-def _metadata_globals() -> list[Any]:
-    """What a DCP `Metadata` pickles as, for loading it under weights_only."""
-    from torch.distributed.checkpoint import metadata as md
-
-    names = (
-        "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-        "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING",
-    )  # fmt: skip
-    allowed: list[Any] = [getattr(md, n) for n in names if hasattr(md, n)]
-    for name, value in vars(torch).items():
-        if isinstance(value, torch.layout):
-            allowed.append((value, f"torch.{name}"))
-    allowed.append((_layout, "torch.serialization._get_layout"))
-    allowed.append((_layout, "torch._utils._get_layout"))
-    allowed.append((_enum_member, "builtins.getattr"))  # how Python 3.11+ pickles an Enum
-    return allowed
-
-
-def _enum_member(cls: Any, name: Any) -> Any:
-    """`getattr` for what a DCP Metadata pickles through it: only a member of one of
-    torch.distributed.checkpoint.metadata's enums."""
-    if (
-        isinstance(cls, type)
-        and issubclass(cls, enum.Enum)
-        and cls.__module__ == "torch.distributed.checkpoint.metadata"
-        and isinstance(name, str)
-        and name in cls.__members__
-    ):
-        return cls[name]
-    raise FormatError(f"the checkpoint metadata calls getattr({cls!r:.80}, {name!r:.80})")
-
-
-def _layout(name: str) -> torch.layout:
-    value = getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(value, torch.layout):
-        raise FormatError(f"unknown layout {name!r:.50}")
-    return value
-
-
-def _narrow(t: torch.Tensor, offsets: Any, lengths: Any) -> torch.Tensor:
-    for dim, (start, length) in enumerate(zip(offsets, lengths, strict=True)):
-        if start != 0 or length != t.size(dim):
-            t = t.narrow(dim, start, length)
-    return t
-
-
-def _compact(t: torch.Tensor) -> torch.Tensor:
-    """`t` alone in its storage, so that a view does not save the tensor it views."""
-    t = t.detach()
-    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
-        return t
-    return t.contiguous() if not t.is_contiguous() else t.clone()
-
-
-def _done(value: Any) -> Any:
-    from torch.futures import Future
-
-    future: Any = Future()
-    future.set_result(value)
-    return future
-
-
-@functools.cache
-def _dcp_classes() -> dict[str, type]:
-    from torch.distributed.checkpoint.metadata import Metadata
-    from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
-    from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
-
-    import serializer
-
-    class SerializerStorageWriter(StorageWriter):
-        """A `torch.distributed.checkpoint` StorageWriter: each rank writes its items as one
-        serializer stream (`__<rank>.srlz`), the coordinator the metadata (`metadata.srlz`)."""
-
-        def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-            super().__init__()
-            self.path = None if path is None else os.fspath(path)
-            self.is_coordinator = False
-
-        def reset(self, checkpoint_id: Any = None) -> None:
-            if checkpoint_id is not None:
-                self.path = os.fspath(checkpoint_id)
-
-        def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-            self.is_coordinator = is_coordinator
-
-        def prepare_local_plan(self, plan: Any) -> Any:
-            if self.path is None:
-                raise ValueError("SerializerStorageWriter needs a path (or a checkpoint_id)")
-            os.makedirs(self.path, exist_ok=True)
-            return plan
-
-        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
-            return [dataclasses.replace(p, storage_data=f"__{i}.srlz") for i, p in enumerate(plans)]
-
-        def write_data(self, plan: Any, planner: Any) -> Any:
-            assert self.path is not None
-            name = plan.storage_data
-            entries: dict[str, torch.Tensor] = {}
-            results = []
-            for i, item in enumerate(plan.items):
-                data = planner.resolve_data(item)
-                key = str(i)
-                if item.type == WriteItemType.BYTE_IO:
-                    raw = bytearray(data.getbuffer())
-                    tensor = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(
-                        0, dtype=torch.uint8
-                    )
-                else:
-                    tensor = _compact(data)
-                entries[key] = tensor
-                results.append(
-                    WriteResult(
-                        index=item.index,
-                        size_in_bytes=tensor.numel() * tensor.element_size(),
-                        storage_data=(name, key),
-                    )
-                )
-            _write_atomic(os.path.join(self.path, name), entries)
-            return _done(results)
-
-        def finish(self, metadata: Any, results: list[list[Any]]) -> None:
-            assert self.path is not None
-            metadata.storage_data = {r.index: r.storage_data for rs in results for r in rs}
-            _write_atomic(os.path.join(self.path, METADATA_FILE), metadata)
-
-        @classmethod
-        def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-            return isinstance(checkpoint_id, (str, os.PathLike)) and "://" not in str(
-                checkpoint_id
-            )
-
-    class SerializerStorageReader(StorageReader):
-        """A `torch.distributed.checkpoint` StorageReader for what `SerializerStorageWriter`
-        wrote: everything is loaded with ``weights_only=True``, each file with
-        `serializer.load_keys` (only what this rank's plan reads is kept)."""
-
-        def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-            super().__init__()
-            self.path = None if path is None else os.fspath(path)
-            self.storage_data: dict[Any, Any] = {}
-
-        def reset(self, checkpoint_id: Any = None) -> None:
-            if checkpoint_id is not None:
-                self.path = os.fspath(checkpoint_id)
-            self.storage_data = {}
-
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            if self.path is None:
-                raise ValueError("SerializerStorageReader needs a path (or a checkpoint_id)")
-            with open(os.path.join(self.path, METADATA_FILE), "rb") as f:
-                with serializer.safe_globals(_metadata_globals()):
-                    metadata = serializer.load(f)
-            if not isinstance(metadata, Metadata):
-                raise FormatError(f"{METADATA_FILE} holds a {type(metadata).__name__}")
-            return metadata
-
-        def set_up_storage_reader(
-            self, metadata: Any, is_coordinator: bool, *args: Any, **kwargs: Any
-        ) -> None:
-            self.storage_data = dict(metadata.storage_data)
-
-        def prepare_local_plan(self, plan: Any) -> Any:
-            return plan
-
-        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
-            return plans
-
-        def read_data(self, plan: Any, planner: Any) -> Any:
-            assert self.path is not None
-            by_file: dict[str, list[tuple[str, Any]]] = {}
-            for req in plan.items:
-                entry = self.storage_data.get(req.storage_index)
-                if (
-                    type(entry) is not tuple
-                    or len(entry) != 2
-                    or not all(type(e) is str for e in entry)
-                    or os.path.basename(entry[0]) != entry[0]
-                ):
-                    raise FormatError(f"no stored item for {req.storage_index} in the metadata")
-                by_file.setdefault(entry[0], []).append((entry[1], req))
-            for name, reqs in by_file.items():
-                with open(os.path.join(self.path, name), "rb") as f:
-                    stored = serializer.load_keys(f, {key for key, _ in reqs}, map_location="cpu")
-                for key, req in reqs:
-                    data = stored[key]
-                    if req.type == LoadItemType.BYTE_IO:
-                        planner.load_bytes(req, io.BytesIO(bytes(_host_memory(data))))
-                        continue
-                    source = _narrow(data, req.storage_offsets, req.lengths)
-                    target = planner.resolve_tensor(req).detach()
-                    if target.size() != source.size():
-                        raise serializer.MismatchError(
-                            f"{req.storage_index.fqn}: stored chunk {list(source.size())}, "
-                            f"destination {list(target.size())}"
-                        )
-                    target.copy_(source)
-                    planner.commit_tensor(req, target)
-                del stored
-            return _done(None)
-
-        @classmethod
-        def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-            return isinstance(checkpoint_id, (str, os.PathLike)) and os.path.isfile(
-                os.path.join(os.fspath(checkpoint_id), METADATA_FILE)
-            )
-
-    return {
-        "SerializerStorageWriter": SerializerStorageWriter,
-        "SerializerStorageReader": SerializerStorageReader,
-    }
-
-
-def _write_atomic(path: str, obj: Any) -> None:
-    import serializer
-
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            serializer.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# ---------------------------------------------------------------------------- the rest
+
+from serializer.backends.distributed_transfer import (  # noqa: E402 (re-exported)
+    DEFAULT_CHUNK_BYTES,
+    TransferError,
+    recv_state_dict,
+    recv_state_dict_into,
+    send_state_dict,
+)
 
 
 def __getattr__(name: str) -> Any:
     # The checkpoint classes subclass torch.distributed.checkpoint's, imported on first use.
-    if name in ("SerializerStorageWriter", "SerializerStorageReader"):
-        return _dcp_classes()[name]
+    if name in ("SerializerStorageWriter", "SerializerStorageReader", "METADATA_FILE"):
+        from serializer.backends import distributed_checkpoint
+
+        return getattr(distributed_checkpoint, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
