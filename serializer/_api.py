@@ -83,8 +83,17 @@ class _Collector:
         self.entries: list[tuple[int, int, int, int]] = []
         self.tensors: list[bytes] = []
         self._index: dict[int, int] = {}
+        self._pids: dict[int, tuple[Any, int]] = {}  # id(tensor) -> (tensor, its entry)
 
     def __call__(self, obj: Any) -> int:
+        seen = self._pids.get(id(obj))
+        if seen is not None and seen[0] is obj:  # the same object again: one entry, one object
+            return seen[1]
+        pid = self._new_entry(obj)
+        self._pids[id(obj)] = (obj, pid)
+        return pid
+
+    def _new_entry(self, obj: Any) -> int:
         if not isinstance(obj, torch.Tensor):
             raise UnsupportedError(
                 f"bare {type(obj).__name__} objects are not supported; save a tensor that views it"
@@ -409,17 +418,29 @@ def _unpickle(
 ) -> Any:
     tensors = header.tensors
     count = len(tensors)
+    built: dict[int, torch.Tensor] = {}
+    # Each storage's bytes are dropped once its last tensor is built: the tensors hold it.
+    unbuilt = [0] * len(datas)
+    for ref in tensors:
+        unbuilt[ref.storage] += 1
 
     def persistent_load(pid: Any) -> torch.Tensor:
         if type(pid) is not int or not 0 <= pid < count:
             raise FormatError(f"skeleton names tensor {pid!r:.100} of {count}")
+        t = built.get(pid)
+        if t is not None:  # named twice: the same object twice, as pickle's memo would give
+            return t
         ref = tensors[pid]
         try:
-            return _rebuild(ref, datas[ref.storage])
+            t = built[pid] = _rebuild(ref, datas[ref.storage])
         except SerializerError:
             raise
         except Exception as e:
             raise FormatError(f"cannot rebuild tensor {pid!r:.200}: {e}") from e
+        unbuilt[ref.storage] -= 1
+        if not unbuilt[ref.storage]:
+            datas[ref.storage] = None
+        return t
 
     try:
         return _pickling.loads(

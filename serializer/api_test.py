@@ -168,6 +168,27 @@ def test_save_writes_whole_base_storage_once() -> None:
     assert abs(len(one) - len(two)) < 200  # one storage of 4000 bytes either way
 
 
+def _identities(obj: dict[str, object]) -> list[tuple[str, str]]:
+    """The pairs of keys whose values are one object."""
+    keys = sorted(obj)
+    return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :] if obj[a] is obj[b]]
+
+
+def test_the_same_tensor_twice_loads_as_one_object_as_in_torch() -> None:
+    t = make_tensor((6,), torch.float32)
+    tied = torch.nn.Parameter(make_tensor((3,), torch.float32))
+    obj = {"a": t, "b": t, "view": t[1:], "equal": t.view(6), "p": tied, "q": tied}
+    torch_buf = io.BytesIO()
+    torch.save(obj, torch_buf)
+    torch_buf.seek(0)
+    want = _identities(torch.load(torch_buf))
+    loaded = serializer.load(_bytes(obj))
+    assert _identities(loaded) == want == [("a", "b"), ("p", "q")]
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["a"].untyped_storage().data_ptr()
+    loaded["a"][0] = 42.0
+    assert loaded["b"][0] == 42.0 and loaded["equal"][0] == 42.0
+
+
 def test_load_keys_selects_and_skips() -> None:
     sd = collections.OrderedDict(
         a=make_tensor((8,), torch.float32), b=make_tensor((4,), torch.int64), c="x"
