@@ -365,12 +365,13 @@ def _read_storages(
                     src.skip_record(header.table[index].nbytes, f"storage {index}")
                 continue
             backend = backend_for(device.type)
-            jobs = []
-            for index in run:
-                data = backend.empty(header.table[index].nbytes, device)
-                datas[index] = data
-                jobs.append((data, f"storage {index}"))
-            backend.read_many(jobs, src)
+            for batch in range(run.start, run.stop, _READ_BATCH):  # bounded bookkeeping
+                jobs = []
+                for index in range(batch, min(batch + _READ_BATCH, run.stop)):
+                    data = backend.empty(header.table[index].nbytes, device)
+                    datas[index] = data
+                    jobs.append((data, f"storage {index}"))
+                backend.read_many(jobs, src)
     except (TruncatedError, ChecksumError) as e:
         raise _named(header, e) from None
     _check_trailer(src, header)
@@ -387,6 +388,7 @@ def _read_storages(
 
 
 _CPU = torch.device("cpu")
+_READ_BATCH = 1024  # storages handed to a backend at once
 _HOST_BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -416,12 +418,13 @@ def _unpickle(
     pickle_module: Any,
     pickle_load_args: dict[str, Any],
 ) -> Any:
-    tensors = header.tensors
+    # The header's entries and each storage's bytes are dropped once built (the tensors hold
+    # the storages), so that the peak is the result and little more; the header is spent.
+    tensors: list[TensorRef | None] = header.tensors  # type: ignore[assignment]
     count = len(tensors)
     built: dict[int, torch.Tensor] = {}
-    # Each storage's bytes are dropped once its last tensor is built: the tensors hold it.
     unbuilt = [0] * len(datas)
-    for ref in tensors:
+    for ref in header.tensors:
         unbuilt[ref.storage] += 1
 
     def persistent_load(pid: Any) -> torch.Tensor:
@@ -431,6 +434,8 @@ def _unpickle(
         if t is not None:  # named twice: the same object twice, as pickle's memo would give
             return t
         ref = tensors[pid]
+        assert ref is not None  # built ones are answered from `built`
+        tensors[pid] = None
         try:
             t = built[pid] = _rebuild(ref, datas[ref.storage])
         except SerializerError:

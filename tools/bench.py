@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib
 import io
 import json
 import os
@@ -195,6 +196,16 @@ def lib_load_into(lib: str, f: Any, dest: dict[str, Any]) -> None:
             t.copy_(loaded[k])
 
 
+def _import(lib: str) -> None:
+    modules = {
+        "ours": "serializer",
+        "torch_stream": "torch.distributed._serialization",
+        "safetensors": "safetensors.torch",
+    }
+    if lib in modules:
+        importlib.import_module(modules[lib])
+
+
 def run_case(
     lib: str, op: str, transport: str, set_name: str, path: str, quick: bool
 ) -> dict[str, Any]:
@@ -202,6 +213,7 @@ def run_case(
     import torch
 
     torch.set_num_threads(1)
+    _import(lib)  # the operation is measured, not the library's import
     sd = make_set(set_name, quick) if op in ("save", "load_into") else None
     size = sum(set_numels(set_name, quick)) * 4
     before = _rss()
