@@ -655,6 +655,12 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
 _increment_version = getattr(torch.autograd.graph, "increment_version", None)
 
 
+def _takes_raw_bytes(t: torch.Tensor) -> bool:
+    """Whether the stream's bytes can go straight into `t`'s memory: contiguous, and no lazy
+    conjugate or negative bit (whose memory holds other values than `t` reads as)."""
+    return t.is_contiguous() and not t.is_conj() and not t.is_neg()
+
+
 def _fill(
     index: int,
     entry: StorageEntry,
@@ -668,7 +674,7 @@ def _fill(
             target.is_cpu
             and ref.offset == 0
             and ref.stride == target.stride()
-            and target.is_contiguous()
+            and _takes_raw_bytes(target)
             and target.nbytes == entry.nbytes
         ):
             src.read_record(tensor_memory(target), f"storage {index}")
@@ -681,7 +687,7 @@ def _fill(
             ref.offset == 0
             and _is_contiguous(ref.shape, ref.stride)
             and target.numel() * target.element_size() == entry.nbytes
-            and target.is_contiguous()
+            and _takes_raw_bytes(target)
         ):
             direct = target
             break

@@ -255,6 +255,25 @@ def test_load_into_views_and_shared_storage() -> None:
         assert same_bits(dest[k], source[k]), k
 
 
+def test_load_into_lazy_conjugate_and_negative_views() -> None:
+    """Their memory holds other values than they read as: the bytes must not go straight in."""
+    values = torch.tensor([1 + 2j, 3 - 1j, -0.5j], dtype=torch.complex64)
+    views = {
+        "conj": lambda c: c.conj(),
+        "neg": lambda c: c.conj().imag,  # a real view with the negative bit
+    }
+    for name, make in views.items():
+        dest = make(torch.zeros(3, dtype=torch.complex64))
+        assert dest.is_conj() or dest.is_neg()
+        want = values if dest.is_complex() else values.imag.clone()
+        serializer.load_into({"v": dest}, _bytes({"v": want}))
+        assert torch.equal(dest, want), name
+        dest.zero_()
+        twin = torch.zeros_like(want)
+        serializer.load_into({"v": dest, "twin": twin}, _bytes({"v": want, "twin": want.view(3)}))
+        assert torch.equal(dest, want) and torch.equal(twin, want), f"{name}, shared storage"
+
+
 def test_load_into_checks_keys_shapes_dtypes() -> None:
     buf = _bytes({"a": torch.ones(2), "b": torch.ones(3)})
     with pytest.raises(serializer.MismatchError, match="missing.*'c'.*'b'"):
