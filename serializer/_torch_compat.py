@@ -8,7 +8,9 @@ Two bytes are all the detection there is (PROTO and a protocol from 2 up), and t
 has no checksum, so garbage that starts with them lands here too and torch's reader can fail
 on it with any exception. Every such failure becomes the library's error, with torch's as its
 cause: a global off the weights_only allowlist is an `UnsafeGlobalError` (a
-``pickle.UnpicklingError`` with torch's message), anything else a `FormatError`.
+``pickle.UnpicklingError`` with torch's message), a storage that `map_location` puts on a
+device this machine lacks a `DeviceError` (a ``RuntimeError``, as torch raises), anything
+else a `FormatError`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from ._errors import FormatError, SerializerError, TruncatedError, UnsafeGlobalError
+from ._errors import (
+    DeviceError,
+    FormatError,
+    SerializerError,
+    TruncatedError,
+    UnsafeGlobalError,
+)
 from ._io import Source
 
 
@@ -85,5 +93,9 @@ def load_torch_stream(
         if "allowed global" in str(e):
             raise UnsafeGlobalError(str(e)) from e
         raise FormatError(f"torch's reader failed on this stream: {e}") from e
+    except RuntimeError as e:
+        if str(e).startswith("Attempting to deserialize object on"):  # torch's map_location check
+            raise DeviceError(str(e)) from e
+        raise FormatError(f"torch's reader failed on this stream: RuntimeError: {e}") from e
     except Exception as e:  # garbage makes torch's reader raise anything
         raise FormatError(f"torch's reader failed on this stream: {type(e).__name__}: {e}") from e

@@ -86,3 +86,11 @@ def test_corrupted_torch_stream_is_the_libraries_error() -> None:
                 serializer.load(io.BytesIO(bytes(flipped)), weights_only=weights_only)
             except serializer.SerializerError:
                 pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_torch_stream_mapped_to_a_missing_device_is_a_device_error() -> None:
+    data = _torch_stream({"a": torch.ones(2)})
+    with pytest.raises(serializer.DeviceError, match="CUDA") as info:
+        serializer.load(io.BytesIO(data), map_location="cuda")
+    assert isinstance(info.value, RuntimeError)  # what torch's own reader raises
