@@ -10,13 +10,18 @@ on it with any exception. Every such failure becomes the library's error, with t
 cause: a global off the weights_only allowlist is an `UnsafeGlobalError` (a
 ``pickle.UnpicklingError`` with torch's message), a storage that `map_location` puts on a
 device this machine lacks a `DeviceError` (a ``RuntimeError``, as torch raises), anything
-else a `FormatError`.
+else a `FormatError`. What is not the stream's fault passes through as is, as from torch's
+own reader: the file's ``OSError``, a `map_location` callable's exceptions, and under
+``weights_only=False`` those of the object's own code.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from ._errors import (
     DeviceError,
@@ -55,6 +60,33 @@ class _ExactReader:
         return bytes(line)
 
 
+class _CallerError(Exception):
+    """An exception of the caller's `map_location`, carried through torch's reader as is."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _passing_through(map_location: Any) -> Any:
+    if not callable(map_location) or isinstance(map_location, (str, torch.device, Mapping)):
+        # What torch would raise about a malformed location, it raises here, before any read.
+        for location in (
+            map_location.values() if isinstance(map_location, Mapping) else [map_location]
+        ):
+            if location is not None and not isinstance(location, torch.device):
+                torch.device(location)
+        return map_location
+
+    def call(storage: Any, location: str) -> Any:
+        try:
+            return map_location(storage, location)
+        except Exception as e:
+            raise _CallerError(e) from None
+
+    return call
+
+
 def load_torch_stream(
     first: bytes,
     src: Source,
@@ -63,6 +95,9 @@ def load_torch_stream(
     weights_only: bool,
     pickle_load_args: dict[str, Any],
 ) -> Any:
+    """What `_streaming_load` does, in its two steps, so that each step's errors are told apart:
+    reading the stream (any failure is the stream's), then building the object (under
+    ``weights_only=False`` the object's own code runs, and its errors are passed on as is)."""
     protocol = src.read(1, "magic")
     if not 2 <= protocol[0] <= pickle.HIGHEST_PROTOCOL:
         raise FormatError(
@@ -71,31 +106,45 @@ def load_torch_stream(
         )
     first += protocol
     try:
-        from torch.distributed import _serialization
+        from torch.distributed import _serialization as torch_reader
     except ImportError:
         raise FormatError(
             "this looks like a stream from torch's _streaming_save, which the installed "
             "torch cannot read (it lacks torch.distributed._serialization, added in 2.7)"
         ) from None
+    reader: Any = torch_reader  # private: what its _streaming_load does, step by step
+    map_location = _passing_through(map_location)
+    zip_file = reader._PseudoZipFile()
     try:
-        return _serialization._streaming_load(
-            _ExactReader(first, src),  # type: ignore[arg-type]
-            map_location,
-            pickle_module,
-            weights_only=weights_only,
-            **pickle_load_args,
-        )
-    except SerializerError:
+        zip_file.read_from(_ExactReader(first, src))
+    except (SerializerError, OSError):
         raise
     except EOFError as e:
         raise TruncatedError("torch stream", 1, 0) from e
-    except pickle.UnpicklingError as e:
-        if "allowed global" in str(e):
-            raise UnsafeGlobalError(str(e)) from e
-        raise FormatError(f"torch's reader failed on this stream: {e}") from e
-    except RuntimeError as e:
-        if str(e).startswith("Attempting to deserialize object on"):  # torch's map_location check
-            raise DeviceError(str(e)) from e
-        raise FormatError(f"torch's reader failed on this stream: RuntimeError: {e}") from e
     except Exception as e:  # garbage makes torch's reader raise anything
-        raise FormatError(f"torch's reader failed on this stream: {type(e).__name__}: {e}") from e
+        raise _translated(e) from e
+    if weights_only:  # load() refused an explicit pickle_module, as torch does
+        pickle_module = reader._weights_only_unpickler
+    args = {"encoding": "utf-8", **pickle_load_args}
+    try:
+        return reader._load(
+            zip_file=zip_file, map_location=map_location, pickle_module=pickle_module, **args
+        )
+    except _CallerError as e:
+        raise e.error from None
+    except RuntimeError as e:
+        if str(e).startswith("Attempting to deserialize object on"):  # torch's device check
+            raise DeviceError(str(e)) from e
+        if not weights_only:
+            raise
+        raise _translated(e) from e
+    except Exception as e:
+        if not weights_only and not isinstance(e, pickle.UnpicklingError):
+            raise
+        raise _translated(e) from e
+
+
+def _translated(e: Exception) -> SerializerError:
+    if isinstance(e, pickle.UnpicklingError) and "allowed global" in str(e):
+        return UnsafeGlobalError(str(e))
+    return FormatError(f"torch's reader failed on this stream: {type(e).__name__}: {e}")

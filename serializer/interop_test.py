@@ -75,17 +75,61 @@ def test_torch_stream_weights_only_semantics() -> None:
 
 def test_corrupted_torch_stream_is_the_libraries_error() -> None:
     # torch's format has no checksum: a flipped bit may load wrong data undetected (that is
-    # one reason for ours), but whatever torch's reader raises must come out as our error.
+    # one reason for ours), but under weights_only whatever torch's reader raises must come
+    # out as our error. (With weights_only=False the stream's pickle runs as code and may
+    # raise anything, as it does in torch.)
     obj = {"a": torch.arange(4, dtype=torch.float32), "s": "x", "n": [1, (2, 3)]}
     data = _torch_stream(obj)
-    for weights_only in (True, False):
-        for offset in range(1, len(data)):
-            flipped = bytearray(data)
-            flipped[offset] ^= 0x10
-            try:
-                serializer.load(io.BytesIO(bytes(flipped)), weights_only=weights_only)
-            except serializer.SerializerError:
-                pass
+    for offset in range(1, len(data)):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x10
+        try:
+            serializer.load(io.BytesIO(bytes(flipped)))
+        except serializer.SerializerError:
+            pass
+
+
+class _Quota(Exception):
+    pass
+
+
+class _Breaks:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (int, ("not a number",))
+
+
+class _ResetAfter(io.RawIOBase):
+    def __init__(self, data: bytes, n: int) -> None:
+        self._data, self._n = io.BytesIO(data), n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        if self._data.tell() >= self._n:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return self._data.readinto(memoryview(b)[: self._n - self._data.tell()])
+
+
+def test_what_is_not_the_torch_streams_fault_passes_through_as_in_torch() -> None:
+    """The file's errors, map_location's and (weights_only=False) the object's own code's
+    errors are the caller's: they pass through as torch's own reader passes them."""
+    data = _torch_stream({"a": torch.ones(2)})
+    with pytest.raises(ConnectionResetError):
+        serializer.load(_ResetAfter(data, 40))
+
+    def quota(storage, location):  # type: ignore[no-untyped-def]
+        raise _Quota("over quota")
+
+    with pytest.raises(_Quota):
+        serializer.load(io.BytesIO(data), map_location=quota)
+    for bad in ("bogus", {"cpu": "bogus"}):
+        with pytest.raises(RuntimeError) as info:
+            serializer.load(io.BytesIO(data), map_location=bad)
+        assert not isinstance(info.value, serializer.SerializerError)
+    with pytest.raises(ValueError, match="not a number") as err:
+        serializer.load(io.BytesIO(_torch_stream({"x": _Breaks()})), weights_only=False)
+    assert not isinstance(err.value, serializer.SerializerError)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -26,7 +26,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:  # hypothesis is a test dependency of ours, not of the plugin's users
         return
     settings.register_profile("ci", derandomize=True, print_blob=True)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "default")
+    profile = os.environ.get("HYPOTHESIS_PROFILE")
+    if profile:  # else hypothesis's own --hypothesis-profile option decides
+        settings.load_profile(profile)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
