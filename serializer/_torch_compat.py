@@ -132,15 +132,11 @@ def load_torch_stream(
         )
     except _CallerError as e:
         raise e.error from None
-    except RuntimeError as e:
-        if str(e).startswith("Attempting to deserialize object on"):  # torch's device check
-            raise DeviceError(str(e)) from e
-        if not weights_only:
-            raise
-        raise _translated(e) from e
     except Exception as e:
+        if isinstance(e, RuntimeError) and str(e).startswith("Attempting to deserialize object"):
+            raise DeviceError(str(e)) from e  # torch's device check
         if not weights_only and not isinstance(e, pickle.UnpicklingError):
-            raise
+            raise  # the object's own code
         raise _translated(e) from e
 
 
