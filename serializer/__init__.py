@@ -2,20 +2,10 @@
 
 One stream per `save`; `load` consumes exactly one stream, verifies every byte against its
 checksum, and never runs code from the stream under ``weights_only=True`` (the default).
-The wire format is specified in docs/FORMAT.md.
+The wire format is specified in docs/FORMAT.md; docs/ARCHITECTURE.md shows where each part
+of this package lives. This module is the whole public surface.
 """
 
-from ._api import (
-    DEFAULT_PROTOCOL,
-    LoadResult,
-    StreamIndex,
-    TensorEntry,
-    load,
-    load_into,
-    load_keys,
-    read_index,
-    save,
-)
 from ._errors import (
     ChecksumError,
     DeviceError,
@@ -27,9 +17,14 @@ from ._errors import (
     UnsupportedError,
     VersionError,
 )
-from ._format import MAJOR, MINOR, StorageEntry
+from ._format import MAJOR, MINOR, StorageEntry, TensorRef
+from ._index import StreamIndex, TensorEntry, read_index
+from ._inplace import LoadResult, load_into
+from ._load import load, load_keys
 from ._pickling import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
+from ._registry import TensorCodec, register_codec
 from ._ring import configure_staging
+from ._save import DEFAULT_PROTOCOL, save
 
 FORMAT_VERSION = (MAJOR, MINOR)
 __version__ = "0.1.0"
@@ -45,7 +40,9 @@ __all__ = [
     "SerializerError",
     "StorageEntry",
     "StreamIndex",
+    "TensorCodec",
     "TensorEntry",
+    "TensorRef",
     "TruncatedError",
     "UnsafeGlobalError",
     "UnsupportedError",
@@ -58,6 +55,7 @@ __all__ = [
     "load_into",
     "load_keys",
     "read_index",
+    "register_codec",
     "safe_globals",
     "save",
 ]

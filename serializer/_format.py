@@ -92,6 +92,11 @@ def checksum(data: object) -> int:
     return xxhash.xxh3_64_intdigest(data)  # type: ignore[arg-type]
 
 
+def checksum_state() -> xxhash.xxh3_64:
+    """A running XXH3-64 (seed 0): `update(piece)` for each piece, then `intdigest()`."""
+    return xxhash.xxh3_64()
+
+
 def header_checksum(*parts: bytes) -> int:
     """XXH3-64 over the header's parts in order: storage table, tensor table, skeleton."""
     state = xxhash.xxh3_64()
@@ -232,6 +237,12 @@ def pack_checksum(value: int) -> bytes:
 
 def unpack_checksum(data: bytes | bytearray | memoryview) -> int:
     return int(_U64.unpack(data)[0])
+
+
+def unpack_checksum_from(data: bytes | bytearray | memoryview, offset: int) -> int:
+    """The checksum stored at `offset` of `data`."""
+    value: int = _U64.unpack_from(data, offset)[0]
+    return value
 
 
 def pack_trailer(storage_count: int, offset: int) -> bytes:

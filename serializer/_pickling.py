@@ -125,7 +125,7 @@ def _lookup(name: str) -> Any | None:
         found = _user_globals.get(name)
     if found is not None:
         return found
-    found = _registry.backend_global(name)
+    found = _registry.codec_global(name)
     if found is not None:
         return found
     return _torch_allowed().get(name)
@@ -140,18 +140,18 @@ class SkeletonPickler(pickle.Pickler):
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
-            if type(obj) in _PLAIN or _registry.subclass_reducer(type(obj)) is None:
+            if type(obj) in _PLAIN or _registry.codec_for(type(obj)) is None:
                 return self._ref(obj)
-            return None  # a backend's reduction, in reducer_override
+            return None  # a codec's reduction, in reducer_override
         if isinstance(obj, (torch.storage.UntypedStorage, torch.storage.TypedStorage)):
             return self._ref(obj)
         return None
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
-            reduce = _registry.subclass_reducer(type(obj))
-            if reduce is not None:
-                return reduce(obj)
+            codec = _registry.codec_for(type(obj))
+            if codec is not None:
+                return codec.reduce(obj)
         return NotImplemented
 
 

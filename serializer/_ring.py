@@ -18,7 +18,8 @@ from typing import Protocol
 
 import torch
 
-from ._io import Sink, Source, tensor_memory
+from ._byteio import tensor_memory
+from ._records import RecordReader, RecordWriter
 
 
 class Staging(Protocol):
@@ -78,7 +79,7 @@ def _host_view(buffer: torch.Tensor, size: int) -> memoryview:
 
 def write_through_ring(
     datas: Sequence[torch.Tensor],
-    sink: Sink,
+    records: RecordWriter,
     buffers: Sequence[torch.Tensor],
     staging: Staging,
 ) -> None:
@@ -100,20 +101,20 @@ def write_through_ring(
     issue_until(slots)
     j = 0
     for data in datas:
-        sink.begin_record()
+        records.begin_record()
         for _ in range(0, data.numel(), chunk):
             size = chunks[j][2]
             staging.wait(j % slots)
-            sink.write_chunk(_host_view(buffers[j % slots], size))
+            records.write_chunk(_host_view(buffers[j % slots], size))
             issue_until(j + 1 + slots)
             j += 1
-        sink.end_record()
+        records.end_record()
     staging.finish()
 
 
 def read_through_ring(
-    jobs: Sequence[tuple[torch.Tensor, str]],
-    source: Source,
+    jobs: Sequence[tuple[torch.Tensor, int]],
+    records: RecordReader,
     buffers: Sequence[torch.Tensor],
     staging: Staging,
 ) -> None:
@@ -121,17 +122,17 @@ def read_through_ring(
     slots = len(buffers)
     chunk = buffers[0].numel()
     j = 0
-    for data, what in jobs:
-        source.begin_record()
+    for data, storage in jobs:
+        records.begin_record()
         for off in range(0, data.numel(), chunk):
             size = min(chunk, data.numel() - off)
             slot = j % slots
             staging.wait(slot)
-            source.sync(keep=slots - 1)  # this slot's previous hash is done
-            source.read_chunk(_host_view(buffers[slot], size), what)
+            records.sync(keep=slots - 1)  # this slot's previous hash is done
+            records.read_chunk(_host_view(buffers[slot], size), storage)
             staging.to_device(data[off : off + size], buffers[slot][:size], slot)
             j += 1
-        source.end_record(what)
+        records.end_record(storage)
     staging.finish()
 
 

@@ -1,7 +1,7 @@
 """Reading streams written by torch's own ``_streaming_save`` (torch >= 2.7).
 
 That format has no magic: it starts with a pickle (first byte 0x80). We hand torch's reader
-a file object that reads exactly through our `Source`, so short reads work and a cut stream
+a file object that reads exactly through our `ByteSource`, so short reads work and a cut stream
 raises `TruncatedError` instead of torch's internal errors.
 
 Two bytes are all the detection there is (PROTO and a protocol from 2 up), and that format
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._byteio import ByteSource
 from ._errors import (
     DeviceError,
     FormatError,
@@ -30,13 +31,14 @@ from ._errors import (
     TruncatedError,
     UnsafeGlobalError,
 )
-from ._io import Source
+
+TORCH_STREAM_FIRST_BYTE = b"\x80"  # torch's _streaming_save starts with a pickle PROTO opcode
 
 
 class _ExactReader:
     """The read/readline/readinto that torch's loader uses, served exactly from `src`."""
 
-    def __init__(self, first: bytes, src: Source) -> None:
+    def __init__(self, first: bytes, src: ByteSource) -> None:
         self._pending = first
         self._src = src
 
@@ -89,7 +91,7 @@ def _passing_through(map_location: Any) -> Any:
 
 def load_torch_stream(
     first: bytes,
-    src: Source,
+    src: ByteSource,
     map_location: Any,
     pickle_module: Any,
     weights_only: bool,

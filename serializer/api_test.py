@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import serializer
-from serializer import _io
+from serializer import _records
 from testing.cases import Case, MyClass, assert_same, make_tensor, same_bits
 from testing.transports import save_in_subprocess
 
@@ -329,7 +329,7 @@ def test_records_over_one_piece_with_any_tail(
 ) -> None:
     """Records longer than one 8 MiB read piece, whose last piece is small or large: the
     pieces must be hashed in order whatever thread hashes them."""
-    monkeypatch.setattr(_io, "HASH_THREAD", hash_thread)
+    monkeypatch.setattr(_records, "HASH_THREAD", hash_thread)
     t = make_tensor(((8 << 20) + tail,), torch.uint8, seed=tail)
     for _ in range(5):
         assert same_bits(serializer.load(_bytes({"t": t}))["t"], t)

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import serializer
-from serializer import _io, _ring
-from serializer._io import Sink, Source
+from serializer import _records, _ring
+from serializer._byteio import ByteSink, ByteSource
+from serializer._records import RecordReader, RecordWriter
 from serializer.backends.cpu import BACKEND as CPU
 
 
@@ -53,28 +54,34 @@ def _datas(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
 
 def _direct_stream(datas: list[torch.Tensor]) -> bytes:
     buf = io.BytesIO()
-    sink = Sink(buf)
-    CPU.write_many(datas, sink)
+    sink = ByteSink(buf)
+    records = RecordWriter(sink)
+    CPU.write_many(datas, records)
+    records.close()
     sink.close()
     return buf.getvalue()
 
 
 def _ring_stream(datas: list[torch.Tensor], slots: int, chunk: int) -> bytes:
     buf = io.BytesIO()
-    sink = Sink(buf)
+    sink = ByteSink(buf)
+    records = RecordWriter(sink)
     buffers = [torch.empty(chunk, dtype=torch.uint8) for _ in range(slots)]
-    _ring.write_through_ring(datas, sink, buffers, DeferredStaging())
+    _ring.write_through_ring(datas, records, buffers, DeferredStaging())
+    records.close()
     sink.close()
     return buf.getvalue()
 
 
 def _ring_read(stream: bytes, sizes: list[int], slots: int, chunk: int) -> list[torch.Tensor]:
     out = [torch.full((n,), 7, dtype=torch.uint8) for n in sizes]
-    source = Source(io.BytesIO(stream))
-    source.limit = len(stream)
+    source = ByteSource(io.BytesIO(stream))
+    source.expect(len(stream))
+    records = RecordReader(source)
     buffers = [torch.empty(chunk, dtype=torch.uint8) for _ in range(slots)]
-    jobs = [(t, f"storage {i}") for i, t in enumerate(out)]
-    _ring.read_through_ring(jobs, source, buffers, DeferredStaging())
+    jobs = [(t, i) for i, t in enumerate(out)]
+    _ring.read_through_ring(jobs, records, buffers, DeferredStaging())
+    records.close()
     assert source.offset == len(stream)
     return out
 
@@ -103,7 +110,7 @@ def test_large_record_through_many_slots_with_big_chunks(
     hash_thread: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks past the hash-thread threshold exercise the asynchronous hashing."""
-    monkeypatch.setattr(_io, "HASH_THREAD", hash_thread)
+    monkeypatch.setattr(_records, "HASH_THREAD", hash_thread)
     sizes = [(3 << 20) + 5, 0, 1 << 20, 12345]
     datas = _datas(sizes, seed=2)
     stream = _ring_stream(datas, 2, 1 << 20)
@@ -126,7 +133,7 @@ def test_save_copies_stay_ahead_by_the_ring_size() -> None:
     staging = DeferredStaging()
     datas = _datas([10] * 6)
     buffers = [torch.empty(4, dtype=torch.uint8) for _ in range(3)]
-    _ring.write_through_ring(datas, Sink(io.BytesIO()), buffers, staging)
+    _ring.write_through_ring(datas, RecordWriter(ByteSink(io.BytesIO())), buffers, staging)
     starts = [i for i, (op, _) in enumerate(staging.log) if op == "start"]
     first_wait = next(i for i, (op, _) in enumerate(staging.log) if op == "wait")
     assert starts[:3] == [0, 1, 2] and first_wait == 3  # three copies in flight before a write

@@ -2,8 +2,8 @@
 
 - `single_rank_group()`: a context manager that initializes a one-rank gloo group on a
   `dist.HashStore` in this process (rank 0, world 1), yields a CPU `DeviceMesh` of that rank,
-  and destroys the group afterwards. `gloo_mesh` is the same as a pytest fixture; use it with
-  ``from testing.distributed import gloo_mesh`` in a test module.
+  and destroys the group afterwards. The pytest plugin (`testing.pytest_plugin`) offers the
+  same as the fixture `gloo_mesh`.
 - `run_ranks(world_size, fn, *args, **kwargs)`: starts `world_size` CPU ranks as
   subprocesses, each with a gloo group over a TCP store on loopback, calls the importable
   function `fn(*args, **kwargs)` on every rank, and returns every rank's result in rank order.
@@ -34,13 +34,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 import torch.distributed as dist
 
 __all__ = [
     "RankFailures",
     "destroy_group",
-    "gloo_mesh",
     "restart_group",
     "run_ranks",
     "single_rank_group",
@@ -91,13 +89,6 @@ def single_rank_group(mesh_dim_names: tuple[str, ...] | None = None) -> Iterator
         yield init_device_mesh("cpu", (1,), mesh_dim_names=mesh_dim_names)
     finally:
         destroy_group()
-
-
-@pytest.fixture
-def gloo_mesh() -> Iterator[Any]:
-    """A CPU DeviceMesh over a one-rank gloo group, destroyed after the test."""
-    with single_rank_group() as mesh:
-        yield mesh
 
 
 class RankFailures(AssertionError):

@@ -11,7 +11,6 @@ import torch.distributed as dist
 
 from testing.distributed import (
     RankFailures,
-    gloo_mesh,  # noqa: F401  (a fixture)
     restart_group,
     run_ranks,
     single_rank_group,
@@ -39,7 +38,7 @@ def test_single_rank_group_refuses_to_nest() -> None:
     assert not dist.is_initialized()
 
 
-def test_gloo_mesh_fixture(gloo_mesh) -> None:  # noqa: F811
+def test_gloo_mesh_fixture(gloo_mesh) -> None:
     assert dist.is_initialized()
     assert gloo_mesh.mesh.tolist() == [0]
 

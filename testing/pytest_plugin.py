@@ -4,6 +4,8 @@
 - ``transport``: parametrized over `testing.transports.TRANSPORTS` (a function
   ``transport(obj, load) -> loaded``).
 - ``cuda_device``: a CUDA device; tests using it, or marked ``gpu``, skip where none is present.
+- ``gloo_mesh``: a CPU DeviceMesh over a one-rank gloo group in this process
+  (`testing.distributed.single_rank_group`), destroyed after the test.
 - Hypothesis profiles: ``HYPOTHESIS_PROFILE=ci`` (set by ci/test.sh) derandomizes property
   tests so that a gate does not flake; left unset, each run explores new examples.
 """
@@ -11,12 +13,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from testing.cases import Case, catalog
+from testing.distributed import single_rank_group
 from testing.transports import TRANSPORTS
 
 
@@ -53,6 +57,13 @@ def cuda_device() -> Any:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device; torch.cuda.is_available() is False")
     return torch.device("cuda", 0)
+
+
+@pytest.fixture
+def gloo_mesh() -> Iterator[Any]:
+    """A CPU DeviceMesh over a one-rank gloo group, destroyed after the test."""
+    with single_rank_group() as mesh:
+        yield mesh
 
 
 __all__ = ["Case"]

@@ -68,7 +68,7 @@ def payload(sd: dict[str, Any]) -> int:
 
 
 def _memory(t: Any) -> memoryview:
-    from serializer._io import tensor_memory
+    from serializer._byteio import tensor_memory
 
     return tensor_memory(t)
 

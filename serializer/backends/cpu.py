@@ -6,20 +6,24 @@ from collections.abc import Sequence
 
 import torch
 
-from serializer._io import Sink, Source, tensor_memory
+from serializer._byteio import tensor_memory
+from serializer._records import RecordReader, RecordWriter
 
 
 class CpuBackend:
-    def write_many(self, datas: Sequence[torch.Tensor], sink: Sink) -> None:
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def write_many(self, datas: Sequence[torch.Tensor], records: RecordWriter) -> None:
         for data in datas:
-            sink.write_record(tensor_memory(data))
+            records.write_record(tensor_memory(data))
 
     def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
         return torch.empty((nbytes,), dtype=torch.uint8)
 
-    def read_many(self, jobs: Sequence[tuple[torch.Tensor, str]], source: Source) -> None:
-        for data, what in jobs:
-            source.read_record(tensor_memory(data), what)
+    def read_many(self, jobs: Sequence[tuple[torch.Tensor, int]], records: RecordReader) -> None:
+        for data, storage in jobs:
+            records.read_record(tensor_memory(data), storage)
 
 
 BACKEND = CpuBackend()

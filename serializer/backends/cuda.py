@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from serializer._io import Sink, Source
+from serializer._errors import DeviceError
+from serializer._records import RecordReader, RecordWriter
 from serializer._ring import read_through_ring, ring_buffers, staging_config, write_through_ring
 
 
@@ -49,20 +50,36 @@ class _CudaStaging:
 
 
 class CudaBackend:
-    def write_many(self, datas: Sequence[torch.Tensor], sink: Sink) -> None:
+    def place(self, device: torch.device) -> torch.device:
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "Attempting to deserialize object on a CUDA device but "
+                "torch.cuda.is_available() is False. If you are running on a CPU-only machine, "
+                "please use map_location=torch.device('cpu') to map your storages to the CPU."
+            )
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"Attempting to deserialize object on CUDA device {device.index} but "
+                f"torch.cuda.device_count() is {torch.cuda.device_count()}; use map_location"
+            )
+        return device
+
+    def write_many(self, datas: Sequence[torch.Tensor], records: RecordWriter) -> None:
         device = datas[0].device
         with torch.cuda.device(device):
             buffers = ring_buffers(staging_config(), max(d.numel() for d in datas), pin=True)
-            write_through_ring(datas, sink, buffers, _CudaStaging(device))
+            write_through_ring(datas, records, buffers, _CudaStaging(device))
 
     def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
         return torch.empty((nbytes,), dtype=torch.uint8, device=device)
 
-    def read_many(self, jobs: Sequence[tuple[torch.Tensor, str]], source: Source) -> None:
+    def read_many(self, jobs: Sequence[tuple[torch.Tensor, int]], records: RecordReader) -> None:
         device = jobs[0][0].device
         with torch.cuda.device(device):
             buffers = ring_buffers(staging_config(), max(d.numel() for d, _ in jobs), pin=True)
-            read_through_ring(jobs, source, buffers, _CudaStaging(device))
+            read_through_ring(jobs, records, buffers, _CudaStaging(device))
 
 
 BACKEND = CudaBackend()

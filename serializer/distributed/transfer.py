@@ -4,7 +4,7 @@
 with its length (0 ends the stream, -1 says the sender's save failed); `recv_state_dict` and
 `recv_state_dict_into` load what arrives with ``weights_only=True``, in place for the latter.
 Memory: one chunk buffer a side (and its copy on the GPU for an NCCL group). Part of the
-distributed backend; `serializer.backends.distributed` exports it.
+`serializer.distributed` client package, which exports it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from serializer._errors import SerializerError
-from serializer._io import tensor_memory
+import serializer
+from serializer import SerializerError
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -55,8 +55,9 @@ class _Wire:
         self.group = group
         self.capacity = chunk_bytes
         self.device = _wire_device(group, device)
-        self.host = torch.empty(chunk_bytes, dtype=torch.uint8)
-        self.host_mv = tensor_memory(self.host)  # self.host keeps it alive
+        self._host_bytes = bytearray(chunk_bytes)
+        self.host_mv = memoryview(self._host_bytes)
+        self.host = torch.frombuffer(self._host_bytes, dtype=torch.uint8)  # the same memory
         self.wire = (
             self.host
             if self.device.type == "cpu"
@@ -188,8 +189,6 @@ def send_state_dict(
     one chunk buffer (and its copy on the GPU for an NCCL group). The receiver calls
     `recv_state_dict` or `recv_state_dict_into` with the same `chunk_bytes`.
     """
-    import serializer
-
     writer = _ChunkWriter(_Wire(dst, group, chunk_bytes, device))
     try:
         serializer.save(obj, writer)
@@ -211,8 +210,6 @@ def recv_state_dict(
 ) -> Any:
     """Receive the stream rank `src` sends with `send_state_dict` and load it
     (``weights_only=True``, as `serializer.load`)."""
-    import serializer
-
     return _receive(src, group, chunk_bytes, device, serializer.load, map_location=map_location)
 
 
@@ -228,8 +225,6 @@ def recv_state_dict_into(
     """Receive the stream rank `src` sends with `send_state_dict` into the tensors of
     `state_dict`, in place (as `serializer.load_into`; a DTensor receives into its local
     shard). Returns `serializer.LoadResult`."""
-    import serializer
-
     return _receive(
         src, group, chunk_bytes, device, serializer.load_into, state_dict, strict=strict
     )

@@ -19,9 +19,9 @@ import torch.distributed as dist
 
 import serializer
 from serializer import _format
-from serializer.backends import distributed as sdist
+from serializer import distributed as sdist
+from serializer.distributed import _dtensor_spec, dtensor
 from testing.distributed import (
-    gloo_mesh,  # noqa: F401  (a fixture)
     restart_group,
     run_ranks,
     single_rank_group,
@@ -104,7 +104,7 @@ PLACEMENTS = {
 
 
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
-def test_round_trip_keeps_local_shard_and_spec(gloo_mesh, placement: str) -> None:  # noqa: F811
+def test_round_trip_keeps_local_shard_and_spec(gloo_mesh, placement: str) -> None:
     placements = PLACEMENTS[placement]()
     if placement.startswith("partial"):
         dtensor = DTensor.from_local(_full(), gloo_mesh, placements)
@@ -119,7 +119,7 @@ def test_round_trip_keeps_local_shard_and_spec(gloo_mesh, placement: str) -> Non
 
 
 @pytest.mark.skipif(_StridedShard is None, reason="this torch has no _StridedShard")
-def test_strided_shard_round_trip(gloo_mesh) -> None:  # noqa: F811
+def test_strided_shard_round_trip(gloo_mesh) -> None:
     spec_type = type(distribute_tensor(_full(), gloo_mesh, [Shard(0)])._spec)
     local = _full()
     spec = spec_type(
@@ -131,7 +131,7 @@ def test_strided_shard_round_trip(gloo_mesh) -> None:  # noqa: F811
     _assert_same_dtensor(_roundtrip(dtensor), dtensor)
 
 
-def test_round_trip_over_every_transport(gloo_mesh, transport) -> None:  # noqa: F811
+def test_round_trip_over_every_transport(gloo_mesh, transport) -> None:
     sd = {
         "w": distribute_tensor(_full(), gloo_mesh, [Shard(0)]),
         "b": torch.arange(3.0),
@@ -143,7 +143,7 @@ def test_round_trip_over_every_transport(gloo_mesh, transport) -> None:  # noqa:
     assert torch.equal(result["b"], sd["b"])
 
 
-def test_parameters_requires_grad_and_shared_storage(gloo_mesh) -> None:  # noqa: F811
+def test_parameters_requires_grad_and_shared_storage(gloo_mesh) -> None:
     w = distribute_tensor(_full(), gloo_mesh, [Shard(0)])
     param = torch.nn.Parameter(distribute_tensor(_full(), gloo_mesh, [Replicate()]))
     grad = distribute_tensor(_full(), gloo_mesh, [Shard(1)]).requires_grad_()
@@ -158,7 +158,7 @@ def test_parameters_requires_grad_and_shared_storage(gloo_mesh) -> None:  # noqa
     ).data_ptr()
 
 
-def test_stream_names_no_torch_class_and_only_one_global(gloo_mesh) -> None:  # noqa: F811
+def test_stream_names_no_torch_class_and_only_one_global(gloo_mesh) -> None:
     buf = io.BytesIO()
     serializer.save({"w": distribute_tensor(_full(), gloo_mesh, [Shard(0)])}, buf)
     data = buf.getvalue()
@@ -174,15 +174,17 @@ def test_stream_names_no_torch_class_and_only_one_global(gloo_mesh) -> None:  # 
     # The skeleton calls exactly one global: this module's rebuild function.
     globals_ = {arg for op, arg, _ in pickletools.genops(skeleton) if op.name == "GLOBAL"}
     assert globals_ == {"serializer.backends.distributed _rebuild_dtensor"}
-    assert sdist.SAFE_GLOBALS == {"_rebuild_dtensor": sdist._rebuild_dtensor}
+    assert dtensor.CODEC.safe_globals == {
+        "serializer.backends.distributed._rebuild_dtensor": dtensor._rebuild_dtensor
+    }
 
 
-def test_weights_only_false_loads_the_same(gloo_mesh) -> None:  # noqa: F811
+def test_weights_only_false_loads_the_same(gloo_mesh) -> None:
     dtensor = distribute_tensor(_full(), gloo_mesh, [Shard(1)])
     _assert_same_dtensor(_roundtrip(dtensor, weights_only=False), dtensor)
 
 
-def test_read_index_load_keys_and_load_into(gloo_mesh) -> None:  # noqa: F811
+def test_read_index_load_keys_and_load_into(gloo_mesh) -> None:
     sd = {
         "w": distribute_tensor(_full(), gloo_mesh, [Shard(0)]),
         "r": distribute_tensor(_full(2, 2), gloo_mesh, [Replicate()]),
@@ -265,7 +267,7 @@ class _Forged:
         self.meta = meta
 
     def __reduce__(self) -> Any:
-        return (sdist._rebuild_dtensor, (torch.zeros(2), self.meta))
+        return (dtensor._rebuild_dtensor, (torch.zeros(2), self.meta))
 
 
 def _good_meta() -> dict[str, Any]:
@@ -301,7 +303,7 @@ FORGERIES: dict[str, tuple[Any, str]] = {
 
 
 @pytest.mark.parametrize("name", list(FORGERIES))
-def test_malformed_spec_is_a_format_error(gloo_mesh, name: str) -> None:  # noqa: F811
+def test_malformed_spec_is_a_format_error(gloo_mesh, name: str) -> None:
     change, message = FORGERIES[name]
     meta = change
     if isinstance(change, dict):
@@ -316,7 +318,7 @@ def test_malformed_spec_is_a_format_error(gloo_mesh, name: str) -> None:  # noqa
     serializer.read_index(buf)  # the outline never reads the spec
 
 
-def test_forged_spec_that_is_well_formed_loads(gloo_mesh) -> None:  # noqa: F811
+def test_forged_spec_that_is_well_formed_loads(gloo_mesh) -> None:
     buf = io.BytesIO()
     serializer.save({"w": _Forged(_good_meta())}, buf)
     buf.seek(0)
@@ -326,13 +328,13 @@ def test_forged_spec_that_is_well_formed_loads(gloo_mesh) -> None:  # noqa: F811
 
 def test_unsupported_placement_is_refused_on_save() -> None:
     with pytest.raises(serializer.UnsupportedError, match="placement"):
-        sdist._encode_placement(object())
+        _dtensor_spec.encode_placement(object())
 
 
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def test_checkpoint_round_trip_on_one_rank(gloo_mesh, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpoint_round_trip_on_one_rank(gloo_mesh, tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
     _needs_dcp()

@@ -1,0 +1,164 @@
+"""Building the loaded object: tensors as views of their storages' bytes, and the object
+around them from the skeleton. Also the data-less *outline* of a stream (each tensor left
+as its `TensorRef`), and the dotted key paths of the tensors in an object."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import _format, _pickling
+from ._errors import ChecksumError, FormatError, SerializerError, TruncatedError
+from ._format import TensorRef
+from ._read import Header, tensor_ref
+
+
+def pickle_module_for(pickle_module: Any, weights_only: bool) -> Any:
+    """The pickle module a load uses (None: the restricted unpickler), as torch decides."""
+    if weights_only:
+        if pickle_module is not None:
+            raise RuntimeError(
+                "Can not safely load weights when explicit pickle_module is specified"
+            )
+        return None
+    return pickle if pickle_module is None else pickle_module
+
+
+def rebuild(ref: TensorRef, data: torch.Tensor | None) -> torch.Tensor:
+    """The tensor `ref` describes, as a view of its storage's bytes `data`."""
+    dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)
+    if dtype is None:
+        dtype = _format.dtype_from_id(ref.dtype_id, f"a tensor of storage {ref.storage}")
+    if data is None:  # not selected: a data-less stand-in that no code can mistake for data
+        t = torch.empty_strided(ref.shape, ref.stride, dtype=dtype, device="meta")
+    else:
+        t = data.view(dtype).as_strided(ref.shape, ref.stride, ref.offset)
+    if ref.kind == _format.PARAMETER:
+        return torch.nn.Parameter(t, requires_grad=ref.requires_grad)
+    if ref.requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def build(
+    header: Header,
+    datas: list[torch.Tensor | None],
+    weights_only: bool,
+    pickle_module: Any,
+    pickle_load_args: dict[str, Any],
+) -> Any:
+    """The stream's object, its tensors built over `datas` (None: not loaded, a meta tensor)."""
+    # The header's entries and each storage's bytes are dropped once built (the tensors hold
+    # the storages), so that the peak is the result and little more; the header is spent.
+    tensors: list[TensorRef | None] = header.tensors  # type: ignore[assignment]
+    count = len(tensors)
+    built: dict[int, torch.Tensor] = {}
+    unbuilt = [0] * len(datas)
+    for ref in header.tensors:
+        unbuilt[ref.storage] += 1
+
+    def persistent_load(pid: Any) -> torch.Tensor:
+        if type(pid) is not int or not 0 <= pid < count:
+            raise FormatError(f"skeleton names tensor {pid!r:.100} of {count}")
+        t = built.get(pid)
+        if t is not None:  # named twice: the same object twice, as pickle's memo would give
+            return t
+        ref = tensors[pid]
+        assert ref is not None  # built ones are answered from `built`
+        tensors[pid] = None
+        try:
+            t = built[pid] = rebuild(ref, datas[ref.storage])
+        except SerializerError:
+            raise
+        except Exception as e:
+            raise FormatError(f"cannot rebuild tensor {pid!r:.200}: {e}") from e
+        unbuilt[ref.storage] -= 1
+        if not unbuilt[ref.storage]:
+            datas[ref.storage] = None
+        return t
+
+    try:
+        return _pickling.loads(
+            header.skeleton,
+            persistent_load,
+            weights_only=weights_only,
+            pickle_module=pickle_module,
+            **pickle_load_args,
+        )
+    except FormatError as e:
+        # A codec's rebuild of a tensor subclass raised one of our errors (e.g. a
+        # DeviceError: no process group for a DTensor): report it, not a malformed skeleton.
+        cause = e.__cause__
+        if isinstance(cause, SerializerError) and not isinstance(cause, FormatError):
+            raise cause from None
+        raise
+
+
+def outline(
+    header: Header,
+    weights_only: bool,
+    pickle_module: Any,
+    pickle_load_args: dict[str, Any],
+) -> Any:
+    """The stream's object with each tensor left as its `TensorRef` (no data needed)."""
+    return _pickling.loads(
+        header.skeleton,
+        lambda pid: tensor_ref(header, pid),
+        weights_only=weights_only,
+        pickle_module=pickle_module,
+        **pickle_load_args,
+    )
+
+
+def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
+    """(dotted key, leaf) for every `leaf` inside mappings, lists, tuples and plain objects."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, leaf):
+            found.append((path, value))
+            continue
+        if id(value) in seen:
+            continue
+        if isinstance(value, Mapping):
+            children: Iterator[tuple[Any, Any]] = iter(value.items())
+        elif isinstance(value, (list, tuple)):
+            children = enumerate(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            children = iter(vars(value).items())
+        else:
+            continue
+        seen.add(id(value))
+        items = [(f"{path}.{k}" if path else str(k), v) for k, v in children]
+        stack.extend(reversed(items))
+    return found
+
+
+RecordError = (TruncatedError, ChecksumError)
+
+
+def located(
+    error: TruncatedError | ChecksumError,
+    header: Header,
+    refs: Sequence[tuple[str, TensorRef]] | None = None,
+) -> FormatError:
+    """`error`, with the size of the storage it names and the keys of the tensors that use it.
+
+    `refs` are the outline's (key, TensorRef) pairs where the caller has them; otherwise they
+    are found from the skeleton (only on this error path)."""
+    storage = error.storage
+    if storage is None or not 0 <= storage < len(header.table):
+        return error
+    if refs is None:
+        try:
+            refs = find(outline(header, True, None, {}), TensorRef)
+        except SerializerError:
+            refs = []
+    keys = [key for key, ref in refs if ref.storage == storage]
+    return error.located(header.table[storage].nbytes, keys)
+

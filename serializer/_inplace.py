@@ -1,0 +1,156 @@
+"""load_into: a stream loaded in place into the caller's tensors.
+
+Keys, shapes and dtypes are checked against the stream's outline before any data is read.
+A storage that maps one-to-one onto a contiguous destination is read straight into it by its
+device's backend; others are read once and copied into each destination that views them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from . import _format
+from ._build import RecordError, find, located, outline
+from ._byteio import tensor_memory
+from ._errors import MismatchError
+from ._format import StorageEntry, TensorRef
+from ._gc import gc_paused
+from ._read import Stream, byteswap, check_trailer, read_header, reading
+from ._registry import backend_for, local_tensor
+
+
+class LoadResult(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> LoadResult:
+    """Load a stream of tensors in place into the tensors of `state_dict`.
+
+    Keys are matched by dotted path; shapes and dtypes must agree. A stream storage that
+    maps one-to-one onto a contiguous destination is read straight into it; others are
+    read once and copied into each destination that views them.
+    """
+    with gc_paused(), reading(f) as stream:
+        header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
+        refs = find(outline(header, True, None, {}), TensorRef)
+        in_stream = dict(refs)
+        dest = {key: local_tensor(t) for key, t in find(state_dict, torch.Tensor)}
+        missing = sorted(dest.keys() - in_stream.keys())
+        unexpected = sorted(in_stream.keys() - dest.keys())
+        if strict and (missing or unexpected):
+            raise MismatchError(
+                f"keys differ: missing from the stream {missing!r:.300}, "
+                f"not in the destination {unexpected!r:.300}"
+            )
+        problems = []
+        plan: dict[int, list[tuple[TensorRef, torch.Tensor]]] = {}
+        for key, ref in in_stream.items():
+            target = dest.get(key)
+            if target is None:
+                continue
+            dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)
+            if dtype is None:
+                dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
+            if target.dtype != dtype or target.shape != ref.shape:
+                problems.append(
+                    f"{key!r}: stream has {dtype} {list(ref.shape)}, "
+                    f"destination has {target.dtype} {list(target.shape)}"
+                )
+            plan.setdefault(ref.storage, []).append((ref, target))
+        if problems:
+            raise MismatchError("cannot load in place:\n  " + "\n  ".join(problems))
+        try:
+            with torch.no_grad():
+                for index, entry in enumerate(header.table):
+                    users = plan.get(index)
+                    if not users:
+                        stream.records.skip_record(entry.nbytes, index)
+                        continue
+                    _fill(index, entry, users, stream, header.swapped)
+        except RecordError as e:
+            raise located(e, header, refs) from None
+        check_trailer(stream.bytes, header)
+        return LoadResult(missing, unexpected)
+
+
+# Writes through raw memory bypass autograd's version counter: bump it (torch >= 2.1), so that
+# a tensor saved for backward and then loaded into fails loudly instead of silently.
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D uint8 view of the bytes of a contiguous tensor."""
+    flat = t.detach().reshape(-1)
+    return flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _takes_raw_bytes(t: torch.Tensor) -> bool:
+    """Whether the stream's bytes can go straight into `t`'s memory: contiguous, and no lazy
+    conjugate or negative bit (whose memory holds other values than `t` reads as)."""
+    return t.is_contiguous() and not t.is_conj() and not t.is_neg()
+
+
+def _fill(
+    index: int,
+    entry: StorageEntry,
+    users: list[tuple[TensorRef, torch.Tensor]],
+    stream: Stream,
+    swap: bool,
+) -> None:
+    if len(users) == 1 and not swap:  # fast path: one CPU tensor that is the whole storage
+        ref, target = users[0]
+        if (
+            target.is_cpu
+            and ref.offset == 0
+            and ref.stride == target.stride()
+            and _takes_raw_bytes(target)
+            and target.nbytes == entry.nbytes
+        ):
+            stream.records.read_record(tensor_memory(target), index)
+            if _increment_version is not None:
+                _increment_version(target)
+            return
+    direct = None
+    for ref, target in users:
+        if (
+            ref.offset == 0
+            and _is_contiguous(ref.shape, ref.stride)
+            and target.numel() * target.element_size() == entry.nbytes
+            and _takes_raw_bytes(target)
+        ):
+            direct = target
+            break
+    if direct is not None:
+        data = _bytes_of(direct)
+        backend_for(direct.device.type).read_many([(data, index)], stream.records)
+        base, base_offset = direct.untyped_storage(), direct.storage_offset()
+        if _increment_version is not None:
+            _increment_version(direct)
+    else:
+        device = users[0][1].device
+        backend = backend_for(device.type)
+        data = backend.empty(entry.nbytes, device)
+        backend.read_many([(data, index)], stream.records)
+        base, base_offset = data.untyped_storage(), 0
+    if swap:
+        byteswap(data, entry.dtype_id)
+    for ref, target in users:
+        if target is direct:
+            continue
+        view = torch.empty(0, dtype=target.dtype, device=base.device).set_(
+            base, base_offset + ref.offset, ref.shape, ref.stride
+        )
+        target.copy_(view)

@@ -1,0 +1,75 @@
+"""load and load_keys: one stream from a file object to an object, all of it or some keys."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from ._build import RecordError, build, find, located, outline, pickle_module_for
+from ._errors import MismatchError
+from ._format import TensorRef
+from ._gc import gc_paused
+from ._placement import MapLocation
+from ._read import read_header, read_storages, reading
+from ._torch_compat import TORCH_STREAM_FIRST_BYTE, load_torch_stream
+
+
+def load(
+    f: Any,
+    map_location: MapLocation = None,
+    pickle_module: Any = None,
+    *,
+    weights_only: bool = True,
+    **pickle_load_args: Any,
+) -> Any:
+    """Read one stream from `f` and return the object; consumes exactly that stream.
+
+    Same arguments and semantics as ``torch.distributed._serialization._streaming_load``;
+    also reads streams written by that function.
+    """
+    pickle_module = pickle_module_for(pickle_module, weights_only)
+    with gc_paused(), reading(f) as stream:
+        first = stream.bytes.read(1, "magic")
+        if first == TORCH_STREAM_FIRST_BYTE:
+            return load_torch_stream(
+                first, stream.bytes, map_location, pickle_module, weights_only, pickle_load_args
+            )
+        header = read_header(stream.bytes, first)
+        try:
+            storages = read_storages(stream, header, map_location, None)
+        except RecordError as e:
+            raise located(e, header) from None
+        return build(header, storages, weights_only, pickle_module, pickle_load_args)
+
+
+def load_keys(
+    f: Any,
+    keys: Collection[Any],
+    map_location: MapLocation = None,
+    pickle_module: Any = None,
+    *,
+    weights_only: bool = True,
+    **pickle_load_args: Any,
+) -> dict[Any, Any]:
+    """Load only `keys` of a stream whose object is a mapping (a state dict).
+
+    The data of every other tensor is read past (and verified) without being kept.
+    """
+    pickle_module = pickle_module_for(pickle_module, weights_only)
+    with gc_paused(), reading(f) as stream:
+        header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
+        tree = outline(header, weights_only, pickle_module, pickle_load_args)
+        if not isinstance(tree, Mapping):
+            raise MismatchError(
+                f"load_keys needs a stream holding a mapping, found {type(tree).__name__}"
+            )
+        missing = [k for k in keys if k not in tree]
+        if missing:
+            raise MismatchError(f"keys not in the stream: {missing!r:.500}")
+        wanted = {ref.storage for k in keys for _, ref in find(tree[k], TensorRef)}
+        try:
+            storages = read_storages(stream, header, map_location, wanted)
+        except RecordError as e:
+            raise located(e, header, find(tree, TensorRef)) from None
+        obj = build(header, storages, weights_only, pickle_module, pickle_load_args)
+        return {k: obj[k] for k in keys}
