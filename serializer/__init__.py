@@ -6,6 +6,7 @@ The wire format is specified in docs/FORMAT.md; docs/ARCHITECTURE.md shows where
 of this package lives. This module is the whole public surface.
 """
 
+from ._allowlist import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
 from ._errors import (
     ChecksumError,
     DeviceError,
@@ -21,7 +22,6 @@ from ._format import MAJOR, MINOR, StorageEntry, TensorRef
 from ._index import StreamIndex, TensorEntry, read_index
 from ._inplace import LoadResult, load_into
 from ._load import load, load_keys
-from ._pickling import add_safe_globals, clear_safe_globals, get_safe_globals, safe_globals
 from ._registry import TensorCodec, register_codec
 from ._ring import configure_staging
 from ._save import DEFAULT_PROTOCOL, save

@@ -11,20 +11,24 @@ from typing import Any
 import torch
 
 from . import _format, _pickling
-from ._errors import ChecksumError, FormatError, SerializerError, TruncatedError
+from ._errors import ChecksumError, FormatError, SerializerError, TruncatedError, short_repr
 from ._format import TensorRef
 from ._read import Header, tensor_ref
 
 
-def pickle_module_for(pickle_module: Any, weights_only: bool) -> Any:
-    """The pickle module a load uses (None: the restricted unpickler), as torch decides."""
+def unpickling(pickle_module: Any, weights_only: bool | None) -> tuple[Any, bool]:
+    """The pickle module a load uses (None: the restricted unpickler) and whether it loads
+    weights only, as ``torch.load`` decides: ``weights_only=None`` means True unless a
+    `pickle_module` is given."""
+    if weights_only is None:
+        weights_only = pickle_module is None
     if weights_only:
         if pickle_module is not None:
             raise RuntimeError(
                 "Can not safely load weights when explicit pickle_module is specified"
             )
-        return None
-    return pickle if pickle_module is None else pickle_module
+        return None, True
+    return (pickle if pickle_module is None else pickle_module), False
 
 
 def rebuild(ref: TensorRef, data: torch.Tensor | None) -> torch.Tensor:
@@ -62,7 +66,7 @@ def build(
 
     def persistent_load(pid: Any) -> torch.Tensor:
         if type(pid) is not int or not 0 <= pid < count:
-            raise FormatError(f"skeleton names tensor {pid!r:.100} of {count}")
+            raise FormatError(f"skeleton names tensor {short_repr(pid)} of {count}")
         t = built.get(pid)
         if t is not None:  # named twice: the same object twice, as pickle's memo would give
             return t
@@ -74,7 +78,7 @@ def build(
         except SerializerError:
             raise
         except Exception as e:
-            raise FormatError(f"cannot rebuild tensor {pid!r:.200}: {e}") from e
+            raise FormatError(f"cannot rebuild tensor {short_repr(pid)}: {e}") from e
         unbuilt[ref.storage] -= 1
         if not unbuilt[ref.storage]:
             datas[ref.storage] = None
@@ -114,7 +118,8 @@ def outline(
 
 
 def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
-    """(dotted key, leaf) for every `leaf` inside mappings, lists, tuples and plain objects."""
+    """(dotted key, leaf) for every `leaf` inside mappings, lists, tuples, sets and plain
+    objects; each container is entered once, however often it is shared."""
     found: list[tuple[str, Any]] = []
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", obj)]
@@ -127,16 +132,20 @@ def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
             continue
         if isinstance(value, Mapping):
             children: Iterator[tuple[Any, Any]] = iter(value.items())
-        elif isinstance(value, (list, tuple)):
-            children = enumerate(value)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = enumerate(value)  # a set's members by iteration order
         elif hasattr(value, "__dict__") and not isinstance(value, type):
             children = iter(vars(value).items())
         else:
             continue
         seen.add(id(value))
-        items = [(f"{path}.{k}" if path else str(k), v) for k, v in children]
+        items = [(f"{path}.{_key(k)}" if path else _key(k), v) for k, v in children]
         stack.extend(reversed(items))
     return found
+
+
+def _key(k: Any) -> str:
+    return k if type(k) is str else str(k) if type(k) in (int, bool) else short_repr(k)
 
 
 RecordError = (TruncatedError, ChecksumError)

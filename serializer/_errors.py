@@ -8,6 +8,7 @@ stored and computed checksums); their messages are built from those attributes, 
 from __future__ import annotations
 
 import pickle
+import reprlib
 from collections.abc import Sequence
 
 __all__ = [
@@ -23,6 +24,16 @@ __all__ = [
 ]
 
 _KEYS_SHOWN = 3
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxstring = _short.maxother = 80
+
+
+def short_repr(obj: object) -> str:
+    """A repr of at most a few hundred characters that takes time bounded by its length,
+    for objects from a stream (a shared nested tuple's full repr can take forever)."""
+    return _short.repr(obj)
 
 
 class SerializerError(Exception):
@@ -123,7 +134,8 @@ class UnsupportedError(SerializerError, TypeError):
 
 
 class UnsafeGlobalError(SerializerError, pickle.UnpicklingError):
-    """A ``weights_only`` load met a global that is not on the allowlist."""
+    """A ``weights_only`` load met a global that is not on the allowlist, or an operation
+    on objects that torch's weights_only rules (or this library's stricter ones) refuse."""
 
 
 class MismatchError(SerializerError, ValueError):

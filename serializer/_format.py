@@ -45,6 +45,7 @@ MAX_STORAGES = 1 << 24
 MAX_TENSORS = 1 << 24
 MAX_NDIM = 64
 MAX_SKELETON = 1 << 31
+MAX_DATA = 1 << 62  # bytes of all storages together
 
 # Stable dtype ids: never renumbered, never reused. (name, element size in bytes).
 DTYPE_TABLE: dict[int, tuple[str, int]] = {
@@ -211,6 +212,7 @@ def pack_storage_table(entries: list[tuple[int, int, int, int]]) -> bytes:
 
 def unpack_storage_table(data: bytes) -> list[StorageEntry]:
     table = []
+    total = 0
     for index, (nbytes, dtype_id, device_id, reserved, device_index) in enumerate(
         _STORAGE.iter_unpack(data)
     ):
@@ -228,6 +230,9 @@ def unpack_storage_table(data: bytes) -> list[StorageEntry]:
                 f"{DTYPE_TABLE[dtype_id][0]} elements"
             )
         table.append(StorageEntry(nbytes, dtype_id, device, device_index))
+        total += nbytes
+    if total >= MAX_DATA:
+        raise FormatError(f"the storages claim {total} bytes in all (the limit is 2^62)")
     return table
 
 

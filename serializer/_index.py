@@ -8,9 +8,8 @@ from typing import Any
 import torch
 
 from . import _format
-from ._build import RecordError, find, located, outline, pickle_module_for
+from ._build import RecordError, find, located, outline, unpickling
 from ._format import StorageEntry, TensorRef
-from ._gc import gc_paused
 from ._read import check_trailer, read_header, reading
 
 
@@ -49,14 +48,16 @@ class StreamIndex:
         return [entry.key for entry in self.tensors]
 
 
-def read_index(f: Any, *, weights_only: bool = True, pickle_module: Any = None) -> StreamIndex:
+def read_index(
+    f: Any, *, weights_only: bool | None = True, pickle_module: Any = None
+) -> StreamIndex:
     """List a stream's tensors without loading their data, and consume the stream.
 
     A seekable file is skipped over; any other stream is read through and its records
     verified.
     """
-    pickle_module = pickle_module_for(pickle_module, weights_only)
-    with gc_paused(), reading(f) as stream:
+    pickle_module, weights_only = unpickling(pickle_module, weights_only)
+    with reading(f) as stream:
         src = stream.bytes
         start = src.offset
         header = read_header(src, src.read(1, "magic"))

@@ -15,9 +15,8 @@ import torch
 from . import _format
 from ._build import RecordError, find, located, outline
 from ._byteio import tensor_memory
-from ._errors import MismatchError
+from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
-from ._gc import gc_paused
 from ._read import Stream, byteswap, check_trailer, read_header, reading
 from ._registry import backend_for, local_tensor
 
@@ -34,7 +33,7 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
     maps one-to-one onto a contiguous destination is read straight into it; others are
     read once and copied into each destination that views them.
     """
-    with gc_paused(), reading(f) as stream:
+    with reading(f) as stream:
         header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
         refs = find(outline(header, True, None, {}), TensorRef)
         in_stream = dict(refs)
@@ -150,7 +149,10 @@ def _fill(
     for ref, target in users:
         if target is direct:
             continue
-        view = torch.empty(0, dtype=target.dtype, device=base.device).set_(
-            base, base_offset + ref.offset, ref.shape, ref.stride
-        )
+        try:
+            view = torch.empty(0, dtype=target.dtype, device=base.device).set_(
+                base, base_offset + ref.offset, ref.shape, ref.stride
+            )
+        except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # as load's rebuild
+            raise FormatError(f"cannot view storage {index} as a tensor of it: {e}") from e
         target.copy_(view)

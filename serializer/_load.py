@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ._build import RecordError, build, find, located, outline, pickle_module_for
+from ._build import RecordError, build, find, located, outline, unpickling
 from ._errors import MismatchError
 from ._format import TensorRef
-from ._gc import gc_paused
 from ._placement import MapLocation
 from ._read import read_header, read_storages, reading
 from ._torch_compat import TORCH_STREAM_FIRST_BYTE, load_torch_stream
@@ -19,7 +18,7 @@ def load(
     map_location: MapLocation = None,
     pickle_module: Any = None,
     *,
-    weights_only: bool = True,
+    weights_only: bool | None = True,
     **pickle_load_args: Any,
 ) -> Any:
     """Read one stream from `f` and return the object; consumes exactly that stream.
@@ -27,8 +26,8 @@ def load(
     Same arguments and semantics as ``torch.distributed._serialization._streaming_load``;
     also reads streams written by that function.
     """
-    pickle_module = pickle_module_for(pickle_module, weights_only)
-    with gc_paused(), reading(f) as stream:
+    pickle_module, weights_only = unpickling(pickle_module, weights_only)
+    with reading(f) as stream:
         first = stream.bytes.read(1, "magic")
         if first == TORCH_STREAM_FIRST_BYTE:
             return load_torch_stream(
@@ -48,15 +47,15 @@ def load_keys(
     map_location: MapLocation = None,
     pickle_module: Any = None,
     *,
-    weights_only: bool = True,
+    weights_only: bool | None = True,
     **pickle_load_args: Any,
 ) -> dict[Any, Any]:
     """Load only `keys` of a stream whose object is a mapping (a state dict).
 
     The data of every other tensor is read past (and verified) without being kept.
     """
-    pickle_module = pickle_module_for(pickle_module, weights_only)
-    with gc_paused(), reading(f) as stream:
+    pickle_module, weights_only = unpickling(pickle_module, weights_only)
+    with reading(f) as stream:
         header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
         tree = outline(header, weights_only, pickle_module, pickle_load_args)
         if not isinstance(tree, Mapping):

@@ -13,11 +13,12 @@ import torch
 
 from . import _format
 from ._byteio import ByteSource
-from ._errors import ChecksumError, FormatError
+from ._errors import ChecksumError, FormatError, short_repr
 from ._format import StorageEntry, TensorRef
+from ._gc import gc_paused
 from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
 from ._records import RecordReader
-from ._registry import as_bytes, find_backend
+from ._registry import Backend, as_bytes, find_backend
 from ._ring import runs
 
 _CPU = torch.device("cpu")
@@ -120,10 +121,11 @@ def read_storages(
         assert backend is not None  # resolve_device found it
         for batch in range(run.start, run.stop, _READ_BATCH):  # bounded bookkeeping
             jobs = []
-            for index in range(batch, min(batch + _READ_BATCH, run.stop)):
-                data = backend.empty(header.table[index].nbytes, device)
-                datas[index] = data
-                jobs.append((data, index))
+            with gc_paused():  # many tracked objects at once; no I/O
+                for index in range(batch, min(batch + _READ_BATCH, run.stop)):
+                    data = _allocate(backend, header.table[index].nbytes, device, index)
+                    datas[index] = data
+                    jobs.append((data, index))
             backend.read_many(jobs, records)
     check_trailer(stream.bytes, header)
     for index, (entry, loaded) in enumerate(zip(header.table, datas, strict=True)):
@@ -138,8 +140,20 @@ def read_storages(
     return datas
 
 
+def _allocate(backend: Backend, nbytes: int, device: torch.device, index: int) -> torch.Tensor:
+    """Memory for storage `index`. Untouched pages cost nothing until its record's bytes
+    arrive; a size no allocator can give is the stream's error."""
+    try:
+        return backend.empty(nbytes, device)
+    except (RuntimeError, MemoryError, TypeError, ValueError, OverflowError) as e:
+        raise FormatError(
+            f"storage {index} claims {nbytes} bytes, which cannot be allocated on {device}: "
+            f"{type(e).__name__}: {str(e)[:200]}"
+        ) from None
+
+
 def tensor_ref(header: Header, pid: Any) -> TensorRef:
     """The tensor table entry a skeleton's persistent id names."""
     if type(pid) is not int or not 0 <= pid < len(header.tensors):
-        raise FormatError(f"skeleton names tensor {pid!r:.100} of {len(header.tensors)}")
+        raise FormatError(f"skeleton names tensor {short_repr(pid)} of {len(header.tensors)}")
     return header.tensors[pid]

@@ -10,7 +10,6 @@ import torch
 from . import _format, _pickling
 from ._byteio import ByteSink
 from ._errors import UnsupportedError
-from ._gc import gc_paused
 from ._records import RecordWriter
 from ._registry import as_bytes, backend_for
 from ._ring import runs
@@ -51,12 +50,24 @@ class _Collector:
         dtype_id = _check_savable(t)
         if t.is_conj() or t.is_neg():
             t = t.detach().resolve_conj().resolve_neg()
+        if _is_zerotensor(t):  # no memory behind it (a null data pointer): save its zeros
+            t = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
         storage = t.untyped_storage()
         key = storage._cdata
         index = self._index.get(key)
+        if index is not None:
+            first = self.entries[index][1]
+            if _format.ITEMSIZE_BY_ID[first] != _format.ITEMSIZE_BY_ID[dtype_id]:
+                if storage.nbytes():
+                    raise UnsupportedError(
+                        f"one storage is viewed as both {_format.DTYPE_TABLE[first][0]} and "
+                        f"{_format.DTYPE_TABLE[dtype_id][0]}, which have different element "
+                        f"sizes; save a copy (.clone()) of one of them"
+                    )
+                index = None  # an empty storage: each view may have its own (nothing is lost)
         if index is None:
             index = len(self.storages)
-            self._index[key] = index
+            self._index.setdefault(key, index)
             self.storages.append(storage)
             device = t.device
             self.entries.append(
@@ -67,14 +78,6 @@ class _Collector:
                     -1 if device.index is None else device.index,
                 )
             )
-        else:
-            first = self.entries[index][1]
-            if _format.ITEMSIZE_BY_ID[first] != _format.ITEMSIZE_BY_ID[dtype_id]:
-                raise UnsupportedError(
-                    f"one storage is viewed as both {_format.DTYPE_TABLE[first][0]} and "
-                    f"{_format.DTYPE_TABLE[dtype_id][0]}, which have different element sizes; "
-                    f"save a copy (.clone()) of one of them"
-                )
         self.tensors.append(
             _format.pack_tensor(
                 kind,
@@ -87,6 +90,11 @@ class _Collector:
             )
         )
         return len(self.tensors) - 1
+
+
+def _is_zerotensor(t: torch.Tensor) -> bool:
+    check = getattr(t, "_is_zerotensor", None)
+    return bool(check is not None and check())
 
 
 def _check_savable(t: torch.Tensor) -> int:
@@ -116,10 +124,14 @@ def save(
 ) -> None:
     """Write `obj` to the binary file-like object or socket `f` as one stream.
 
-    Same arguments as ``torch.distributed._serialization._streaming_save``.
+    Same arguments as ``torch.distributed._serialization._streaming_save``; pickle protocols
+    0 and 1 are refused (``ValueError``): ``weights_only`` loads do not read them.
     """
-    with gc_paused():
-        _save(obj, f, pickle_module, pickle_protocol)
+    if 0 <= pickle_protocol < 2:
+        raise ValueError(
+            f"pickle_protocol {pickle_protocol} is not supported: use 2 (the default) or higher"
+        )
+    _save(obj, f, pickle_module, pickle_protocol)
 
 
 def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import _pickle_check
 from ._byteio import ByteSource
 from ._errors import (
     DeviceError,
@@ -127,9 +128,11 @@ def load_torch_stream(
         raise _translated(e) from e
     if weights_only:  # load() refused an explicit pickle_module, as torch does
         pickle_module = reader._weights_only_unpickler
+        _check_object_pickle(zip_file)
+    storages = zip_file.get_storage_from_record = _FixedSizeStorages(zip_file)
     args = {"encoding": "utf-8", **pickle_load_args}
     try:
-        return reader._load(
+        obj = reader._load(
             zip_file=zip_file, map_location=map_location, pickle_module=pickle_module, **args
         )
     except _CallerError as e:
@@ -140,6 +143,48 @@ def load_torch_stream(
         if not weights_only and not isinstance(e, pickle.UnpicklingError):
             raise  # the object's own code
         raise _translated(e) from e
+    storages.check()
+    return obj
+
+
+def _check_object_pickle(zip_file: Any) -> None:
+    """What `_pickle_check` refuses in our skeletons, refused in torch's pickle of the object
+    too (torch's own reader allows BUILD on a tensor, whose ``set_`` can grow a storage)."""
+    record = zip_file.records.get("data.pkl")
+    data = record[0] if record is not None else None
+    if not isinstance(data, (bytes, bytearray)):
+        raise FormatError("the torch stream has no pickle of its object (data.pkl)")
+    _pickle_check.check(bytes(data), _torch_tensor_global)
+
+
+def _torch_tensor_global(name: str) -> bool | None:
+    """Whether calls of the global `name` return tensors (torch's rebuild functions)."""
+    return True if name.startswith(("torch._utils._rebuild", "torch._tensor._rebuild")) else None
+
+
+class _FixedSizeStorages:
+    """`get_storage_from_record` returning bytes in storages that cannot grow, so that a
+    tensor the stream claims larger than its storage is an error, never uninitialized memory
+    (torch's own returns a resizable copy): a non-empty record's bytes go to a buffer-backed
+    (fixed-size) storage; empty ones, which no buffer can back, are checked after the load."""
+
+    def __init__(self, zip_file: Any) -> None:
+        self._records = zip_file.records
+        self._empty: list[torch.Tensor] = []
+
+    def __call__(self, key: str, length: int, dtype: Any) -> torch.Tensor:
+        record = self._records[key][0]
+        if not length:
+            empty = torch.empty(0, dtype=torch.uint8)
+            self._empty.append(empty)
+            return empty
+        data = torch.frombuffer(bytearray(length), dtype=torch.uint8)
+        data.copy_(torch.empty(0, dtype=torch.uint8).set_(record)[:length])
+        return data
+
+    def check(self) -> None:
+        if any(t.untyped_storage().nbytes() for t in self._empty):
+            raise FormatError("the torch stream grows an empty storage (a tensor past its end)")
 
 
 def _translated(e: Exception) -> SerializerError:

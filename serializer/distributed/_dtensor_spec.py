@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import reprlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -102,11 +103,13 @@ def decode_placement(entry: tuple[Any, ...], ndim: int) -> Any:
     if kind in ("shard", "strided_shard") and len(entry) == (2 if kind == "shard" else 3):
         dim = entry[1]
         if not _is_int(dim) or not -ndim <= dim < ndim:
-            raise FormatError(f"DTensor placement {entry!r:.100} shards a dim the tensor lacks")
+            raise FormatError(
+                f"DTensor placement {reprlib.repr(entry)} shards a dim the tensor lacks"
+            )
         if kind == "shard":
             return api.Shard(dim)
         if not _is_int(entry[2]) or entry[2] < 1:
-            raise FormatError(f"DTensor placement {entry!r:.100} is malformed")
+            raise FormatError(f"DTensor placement {reprlib.repr(entry)} is malformed")
         if api.StridedShard is None:
             raise UnsupportedError(
                 f"the stream holds a DTensor with a _StridedShard placement, which torch "
@@ -121,7 +124,7 @@ def decode_placement(entry: tuple[Any, ...], ndim: int) -> Any:
         if red is None:
             raise UnsupportedError(f"reduce op {op!r} of a Partial placement is not supported")
         return api.Partial(red)
-    raise FormatError(f"unknown DTensor placement {entry!r:.100}")
+    raise FormatError(f"unknown DTensor placement {reprlib.repr(entry)}")
 
 
 
@@ -133,18 +136,30 @@ def _ints(value: Any, what: str, limit: int = 64) -> None:
     if type(value) is not tuple or len(value) > limit or not all(
         _is_int(v) and v >= 0 for v in value
     ):
-        raise FormatError(f"DTensor {what} {value!r:.100} is malformed")
+        raise FormatError(f"DTensor {what} {reprlib.repr(value)} is malformed")
+
+
+_MAX_RANK_NODES = 1 << 20
 
 
 def nested_shape(ranks: Any) -> tuple[int, ...]:
-    """The shape of a rectangular nested list of non-negative ints, or FormatError."""
+    """The shape of a rectangular nested list of non-negative ints, or FormatError (also for
+    more than a million entries: shared sub-lists would take exponential time)."""
+    budget = [_MAX_RANK_NODES]
+    return _shape(ranks, budget)
+
+
+def _shape(ranks: Any, budget: list[int]) -> tuple[int, ...]:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FormatError("a DTensor's mesh names more than a million ranks")
     if _is_int(ranks):
         if ranks < 0:
             raise FormatError("a DTensor's mesh names a negative rank")
         return ()
     if type(ranks) is not list or not ranks:
-        raise FormatError(f"a DTensor's mesh ranks {ranks!r:.100} are malformed")
-    shapes = {nested_shape(r) for r in ranks}
+        raise FormatError(f"a DTensor's mesh ranks {reprlib.repr(ranks)} are malformed")
+    shapes = {_shape(r, budget) for r in ranks}
     if len(shapes) != 1:
         raise FormatError("a DTensor's mesh ranks are not rectangular")
     return (len(ranks), *shapes.pop())
@@ -154,7 +169,7 @@ def _check_names(names: Any, ndim: int) -> None:
     if names is not None and (
         type(names) is not tuple or len(names) != ndim or not all(type(n) is str for n in names)
     ):
-        raise FormatError(f"a DTensor's mesh dim names {names!r:.100} are malformed")
+        raise FormatError(f"a DTensor's mesh dim names {reprlib.repr(names)} are malformed")
 
 
 def check_meta(meta: Any) -> None:
@@ -163,7 +178,7 @@ def check_meta(meta: Any) -> None:
         raise FormatError(f"a DTensor's spec is a {type(meta).__name__}, not a dict")
     version = meta.get("version")
     if type(version) is not int or version < 1:
-        raise FormatError(f"a DTensor's spec has version {version!r:.50}")
+        raise FormatError(f"a DTensor's spec has version {reprlib.repr(version)}")
     if version > SPEC_VERSION:
         raise FormatError(
             f"the stream holds a DTensor spec of version {version}, newer than this reader's "
