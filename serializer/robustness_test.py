@@ -6,14 +6,14 @@ import io
 import os
 import pickle
 import random
-import struct
+import shlex
 
 import pytest
 import torch
-import xxhash
 
 import serializer
 from serializer import _format
+from testing import forge
 from testing.cases import assert_same, make_tensor
 
 
@@ -95,67 +95,33 @@ def test_garbage_that_looks_like_a_torch_stream(weights_only: bool) -> None:
             serializer.load(io.BytesIO(junk), weights_only=weights_only)
 
 
-def _forge(
-    skeleton: bytes,
-    table: list[tuple[int, int, int, int]] = (),
-    payloads=(),
-    tensors: list[bytes] = (),
-) -> bytes:
-    """A stream with valid checksums around arbitrary content: what an attacker can send."""
-    packed = _format.pack_storage_table(list(table))
-    tensor_table = b"".join(tensors)
-    out = _format.pack_preamble(len(table), len(tensors), len(tensor_table), len(skeleton))
-    out += packed + tensor_table + skeleton
-    out += _format.pack_checksum(_format.header_checksum(packed, tensor_table, skeleton))
-    for p in payloads:
-        out += p + _format.pack_checksum(_format.checksum(p))
-    return out + _format.pack_trailer(len(table), len(out))
-
-
-class _System:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (os.system, ("touch /tmp/serializer-pwned",))
+# Storage 0 of the forgeries below: 8 bytes of float32 (dtype id 9) on the CPU.
+_F32_STORAGE = forge.storage_entry(8, 9)
 
 
 def test_weights_only_never_runs_os_system(tmp_path) -> None:
-    marker = "/tmp/serializer-pwned"
-    if os.path.exists(marker):
-        os.remove(marker)
+    marker = tmp_path / "serializer-pwned"
+    system = forge.Call(os.system, f"touch {shlex.quote(str(marker))}")
     buf = io.BytesIO()
-    serializer.save({"x": _System()}, buf)
+    serializer.save({"x": system}, buf)
     with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
         serializer.load(io.BytesIO(buf.getvalue()))
-    forged = _forge(pickle.dumps({"x": _System()}, protocol=2))
+    forged = forge.stream([], [], pickle.dumps({"x": system}, protocol=2))
     with pytest.raises(serializer.UnsafeGlobalError):
         serializer.load(io.BytesIO(forged))
-    assert not os.path.exists(marker)
-
-
-def _entry(storage=0, dtype=9, kind=0, flags=0, offset=0, shape=(2,), stride=(1,), ndim=None):  # type: ignore[no-untyped-def]
-    ndim = len(shape) if ndim is None else ndim
-    head = struct.pack("<IHBBQI", storage, dtype, kind, flags, offset, ndim)
-    return head + struct.pack(f"<{len(shape) + len(stride)}Q", *shape, *stride)
-
-
-class _Ref:
-    def __init__(self, pid):  # type: ignore[no-untyped-def]
-        self.pid = pid
-
-
-class _RefPickler(pickle.Pickler):
-    def persistent_id(self, obj):  # type: ignore[no-untyped-def]
-        return obj.pid if isinstance(obj, _Ref) else None
-
-
-def _skeleton_with(pid) -> bytes:  # type: ignore[no-untyped-def]
-    buf = io.BytesIO()
-    _RefPickler(buf, 2).dump({"t": _Ref(pid)})
-    return buf.getvalue()
+    assert not marker.exists()
+    # The check above can fail: a load that trusts the stream runs the command.
+    assert serializer.load(io.BytesIO(forged), weights_only=False) == {"x": 0}
+    assert marker.exists()
 
 
 def test_well_formed_forgery_loads() -> None:
     """The forging helper itself makes valid streams (so the failures below are meaningful)."""
-    stream = _forge(_skeleton_with(0), [(8, 9, 0, -1)], [bytes(range(8))], [_entry()])
+    stream = forge.stream(
+        [(_F32_STORAGE, bytes(range(8)))],
+        [forge.tensor_entry()],  # storage 0, float32, shape (2,), stride (1,)
+        forge.skeleton({"t": forge.Ref(0)}),
+    )
     out = serializer.load(io.BytesIO(stream))
     assert out["t"].view(torch.uint8).tolist() == list(range(8))
 
@@ -163,31 +129,35 @@ def test_well_formed_forgery_loads() -> None:
 @pytest.mark.parametrize(
     "pid,entry",
     [
-        ("nope", _entry()),  # a persistent id that is not an index
-        (1, _entry()),  # tensor index out of range
-        (-1, _entry()),
-        (0, _entry(storage=5)),  # storage out of range
-        (0, _entry(shape=(100,))),  # past the storage's end
-        (0, _entry(offset=1)),  # offset pushes past the end
-        (0, _entry(dtype=6)),  # itemsize differs from the storage's
-        (0, _entry(dtype=999)),  # unknown dtype
-        (0, _entry(kind=7)),  # unknown kind
-        (0, _entry(flags=0x40)),  # unknown flags
-        (0, _entry(shape=(2, 1), stride=(1,), ndim=2)),  # entry shorter than its ndim says
-        (0, _entry(ndim=100)),  # ndim over the limit
-        (0, _entry() + b"xx"),  # bytes after the last entry
-        (0, _entry(shape=(1 << 62,), stride=(1 << 62,))),  # overflowing extent
+        ("nope", forge.tensor_entry()),  # a persistent id that is not an index
+        (1, forge.tensor_entry()),  # tensor index out of range
+        (-1, forge.tensor_entry()),
+        (0, forge.tensor_entry(storage=5)),  # storage out of range
+        (0, forge.tensor_entry(shape=(100,))),  # past the storage's end
+        (0, forge.tensor_entry(offset=1)),  # offset pushes past the end
+        (0, forge.tensor_entry(dtype_id=6)),  # itemsize differs from the storage's
+        (0, forge.tensor_entry(dtype_id=999)),  # unknown dtype
+        (0, forge.tensor_entry(kind=7)),  # unknown kind
+        (0, forge.tensor_entry(flags=0x40)),  # unknown flags
+        (0, forge.tensor_entry(shape=(2, 1), stride=(1,), ndim=2)),  # shorter than its ndim
+        (0, forge.tensor_entry(ndim=100)),  # ndim over the limit
+        (0, forge.tensor_entry() + b"xx"),  # bytes after the last entry
+        (0, forge.tensor_entry(shape=(1 << 62,), stride=(1 << 62,))),  # overflowing extent
     ],
 )
 def test_hostile_tensor_entries(pid, entry) -> None:  # type: ignore[no-untyped-def]
-    stream = _forge(_skeleton_with(pid), [(8, 9, 0, -1)], [bytes(8)], [entry])
+    stream = forge.stream(
+        [(_F32_STORAGE, bytes(8))], [entry], forge.skeleton({"t": forge.Ref(pid)})
+    )
     with pytest.raises(serializer.FormatError):
         serializer.load(io.BytesIO(stream))
 
 
 def test_requires_grad_on_integers_is_a_format_error() -> None:
-    stream = _forge(
-        _skeleton_with(0), [(8, 6, 0, -1)], [bytes(8)], [_entry(dtype=6, flags=1, shape=(1,))]
+    stream = forge.stream(
+        [(forge.storage_entry(8, 6), bytes(8))],
+        [forge.tensor_entry(dtype_id=6, flags=forge.FLAG_REQUIRES_GRAD, shape=(1,))],
+        forge.skeleton({"t": forge.Ref(0)}),
     )
     with pytest.raises(serializer.FormatError):
         serializer.load(io.BytesIO(stream))
@@ -199,15 +169,19 @@ def test_requires_grad_on_integers_is_a_format_error() -> None:
 )
 def test_malformed_skeletons(skeleton: bytes) -> None:
     with pytest.raises(serializer.FormatError):
-        serializer.load(io.BytesIO(_forge(skeleton)))
+        serializer.load(io.BytesIO(forge.stream([], [], skeleton)))
 
 
 def test_hostile_header_limits() -> None:
-    def preamble(major=1, count=0, skeleton_len=0, flags=0, tensors=0, tensor_len=0) -> bytes:  # type: ignore[no-untyped-def]
-        head = struct.pack(
-            "<8sHHIIIQQ", _format.MAGIC, major, 0, flags, count, tensors, tensor_len, skeleton_len
-        )
-        return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
+    def preamble(
+        major: int = 1,
+        count: int = 0,
+        skeleton_len: int = 0,
+        flags: int = 0,
+        tensors: int = 0,
+        tensor_len: int = 0,
+    ) -> bytes:
+        return forge.preamble(count, tensors, tensor_len, skeleton_len, major=major, flags=flags)
 
     with pytest.raises(serializer.FormatError, match="storage count"):
         serializer.load(io.BytesIO(preamble(count=1 << 30)))
@@ -227,21 +201,25 @@ def test_hostile_header_limits() -> None:
 
 
 def test_newer_minor_version_loads() -> None:
-    data = bytearray(_small_stream()[1])
-    struct.pack_into("<H", data, 10, _format.MINOR + 3)
-    struct.pack_into("<Q", data, 40, xxhash.xxh3_64_intdigest(bytes(data[:40])))
-    serializer.load(io.BytesIO(bytes(data)))
+    obj, data = _small_stream()
+    newer = forge.patch_preamble(data, minor=_format.MINOR + 3)
+    assert serializer.read_index(io.BytesIO(newer)).version == (_format.MAJOR, _format.MINOR + 3)
+    assert_same(serializer.load(io.BytesIO(newer)), obj)
 
 
 def test_hostile_table_entries() -> None:
-    for entry in [(8, 999, 0, -1), (8, 9, 77, -1), (7, 9, 0, -1), (8, 9, 0, -5)]:
+    # (nbytes, dtype id, device type id, device index[, reserved])
+    for entry in [(8, 999, 0, -1), (8, 9, 77, -1), (7, 9, 0, -1), (8, 9, 0, -5), (8, 9, 0, -1, 1)]:
+        stream = forge.stream(
+            [(forge.storage_entry(*entry), bytes(entry[0]))], [], pickle.dumps({}, 2)
+        )
         with pytest.raises(serializer.FormatError):
-            serializer.load(io.BytesIO(_forge(pickle.dumps({}, 2), [entry], [bytes(entry[0])])))
+            serializer.load(io.BytesIO(stream))
 
 
 def test_deeply_nested_skeleton_does_not_crash() -> None:
     depth = 200_000
-    stream = _forge(b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
+    stream = forge.stream([], [], b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
     obj = serializer.load(io.BytesIO(stream))
     for _ in range(depth - 1):
         (obj,) = obj
@@ -261,18 +239,27 @@ def test_big_endian_stream_is_byteswapped() -> None:
     little = buf.getvalue()
     index = serializer.read_index(io.BytesIO(little))
     # Rewrite the stream as a big-endian writer would have written it.
-    big = bytearray(little)
-    big[12] |= _format.FLAG_BIG_ENDIAN
-    struct.pack_into("<Q", big, 40, xxhash.xxh3_64_intdigest(bytes(big[:40])))
-    header_end = _format.PREAMBLE_SIZE + 16 * len(index.storages) + len(little)  # upper bound
+    pre = forge.unpack_preamble(little)
+    assert pre.flags == 0  # saved on a little-endian machine
+    big = bytearray(forge.patch_preamble(little, flags=_format.FLAG_BIG_ENDIAN))
+    header_end = (
+        forge.PREAMBLE_SIZE
+        + forge.STORAGE_ENTRY_SIZE * pre.storage_count
+        + pre.tensor_table_len
+        + pre.skeleton_len
+        + forge.CHECKSUM_SIZE
+    )
     pos = index.nbytes - _format.TRAILER_SIZE - sum(s.nbytes + 8 for s in index.storages)
+    # The records, counted back from the end, begin where the header ends...
+    assert pos == header_end
     for s in index.storages:
         unit = _format.swap_unit(s.dtype_id)
         payload = bytearray(big[pos : pos + s.nbytes])
         for i in range(0, len(payload), unit):
             payload[i : i + unit] = payload[i : i + unit][::-1]
         big[pos : pos + s.nbytes] = payload
-        struct.pack_into("<Q", big, pos + s.nbytes, xxhash.xxh3_64_intdigest(bytes(payload)))
         pos += s.nbytes + 8
-    assert header_end > pos
+    # ... and end where the trailer begins.
+    assert pos == len(big) - _format.TRAILER_SIZE
+    forge.reseal(big)  # the records' checksums
     assert_same(serializer.load(io.BytesIO(bytes(big))), obj)

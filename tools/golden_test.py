@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import xxhash
 
 import serializer
 from serializer import _format
+from testing import forge
 from testing.cases import assert_same
 from tools import golden
 
@@ -97,24 +96,17 @@ def test_catalog_builds_the_same_bytes_as_when_written(d: Path) -> None:
     assert compared > 0
 
 
-def _patched(data: bytes, major: int, minor: int) -> bytes:
-    out = bytearray(data)
-    struct.pack_into("<HH", out, 8, major, minor)
-    struct.pack_into("<Q", out, 40, xxhash.xxh3_64_intdigest(bytes(out[:40])))
-    return bytes(out)
-
-
 @pytest.mark.parametrize("d", DIRS, ids=[d.name for d in DIRS])
 def test_other_major_version_is_refused(d: Path) -> None:
     for entry in golden.load_manifest(d)["cases"].values():
         data = _data(d, entry)
         for major in (_format.MAJOR + 1, 0xFFFF, _format.MAJOR - 1):
+            patched = forge.patch_preamble(data, major=major, minor=0)
             with pytest.raises(serializer.VersionError, match=f"format version {major}\\."):
-                serializer.load(io.BytesIO(_patched(data, major, 0)), weights_only=False)
+                serializer.load(io.BytesIO(patched), weights_only=False)
+            patched = forge.patch_preamble(data, major=major, minor=_format.MINOR)
             with pytest.raises(serializer.VersionError):
-                serializer.read_index(
-                    io.BytesIO(_patched(data, major, _format.MINOR)), weights_only=False
-                )
+                serializer.read_index(io.BytesIO(patched), weights_only=False)
 
 
 # Every older minor version of this major, and newer ones (a minor version only adds what
@@ -130,7 +122,7 @@ def test_other_minor_version_loads(d: Path, minor: int) -> None:
     for name, entry in golden.load_manifest(d)["cases"].items():
         if _missing_dtypes(entry) or name not in CASES:
             continue
-        data = _patched(_data(d, entry), _format.MAJOR, minor)
+        data = forge.patch_preamble(_data(d, entry), major=_format.MAJOR, minor=minor)
         index = serializer.read_index(io.BytesIO(data), weights_only=entry["weights_only"])
         assert index.version == (_format.MAJOR, minor)
         assert index.nbytes == len(data)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import serializer
+from testing import forge
 
 
 def test_module_imports_without_a_gpu() -> None:
@@ -34,27 +35,16 @@ def test_configure_staging_validates_and_applies() -> None:
 def test_cuda_locations_refused_clearly_without_cuda(map_location) -> None:
     buf = io.BytesIO()
     serializer.save({"t": torch.ones(2)}, buf)
-    data = bytearray(buf.getvalue())
+    data = buf.getvalue()
     if map_location is None:  # forge the storage's location as cuda:0
-        from serializer import _format
-
-        index = serializer.read_index(io.BytesIO(bytes(data)))
+        index = serializer.read_index(io.BytesIO(data))
         assert index.storages[0].location == "cpu"
-        start = _format.PREAMBLE_SIZE
-        data[start + 10] = _format.ID_BY_DEVICE["cuda"]
-        data[start + 12 : start + 16] = (0).to_bytes(4, "little")
-        _reseal_header(data)
+        parts = forge.parse(data)
+        ((entry, payload),) = parts.storages
+        cuda = forge.unpack_storage_entry(entry)._replace(
+            device_type_id=forge.DEVICE_TYPE_IDS["cuda"], device_index=0
+        )
+        data = parts.stream(storages=[(forge.storage_entry(*cuda), payload)])
+        assert serializer.read_index(io.BytesIO(data)).storages[0].location == "cuda:0"
     with pytest.raises(serializer.DeviceError, match="CUDA"):
-        serializer.load(io.BytesIO(bytes(data)), map_location=map_location)
-
-
-def _reseal_header(data: bytearray) -> None:
-    """Recompute the header checksum after editing the header in place."""
-    import struct
-
-    from serializer import _format
-
-    pre = _format.unpack_preamble(bytes(data[: _format.PREAMBLE_SIZE]))
-    start = _format.PREAMBLE_SIZE
-    end = start + pre.storage_count * 16 + pre.tensor_table_len + pre.skeleton_len
-    struct.pack_into("<Q", data, end, _format.checksum(bytes(data[start:end])))
+        serializer.load(io.BytesIO(data), map_location=map_location)
