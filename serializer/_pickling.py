@@ -86,8 +86,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             )
         found = _allowlist.lookup(full)
         if found is None:
+            shown = name if module == "builtins" else full  # as torch shows it
             raise UnsafeGlobalError(
-                f"Weights only load failed. Unsupported global: GLOBAL {full} was not an "
+                f"Weights only load failed. Unsupported global: GLOBAL {shown} was not an "
                 f"allowed global by default. Please use `serializer.add_safe_globals([{name}])` "
                 f"or the `serializer.safe_globals([{name}])` context manager (or torch's, of the "
                 f"same names) to allowlist this global if you trust this class/function, or "
