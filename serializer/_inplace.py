@@ -18,6 +18,7 @@ from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
 from ._read import Stream, byteswap, check_trailer, read_header, reading
+from ._records import HASH_IN_THREAD
 from ._registry import backend_for, local_tensor
 
 
@@ -26,12 +27,22 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
-def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> LoadResult:
+def load_into(
+    state_dict: Mapping[str, Any], f: Any, *, strict: bool = True, atomic: bool = False
+) -> LoadResult:
     """Load a stream of tensors in place into the tensors of `state_dict`.
 
     Keys are matched by dotted path; shapes and dtypes must agree. A stream storage that
     maps one-to-one onto a contiguous destination is read straight into it; others are
     read once and copied into each destination that views them.
+
+    Storages are loaded in stream order, each verified against its checksum. If loading
+    fails (`TruncatedError`, `ChecksumError`), the destinations of the storages before the
+    failing one hold the stream's values, those after it their old values, and those of
+    the failing storage (the error's `keys`) their old values if the storage is under
+    1 MiB and on the CPU, or if `atomic` is true; otherwise undefined bytes. `atomic=True`
+    reads every other storage into a buffer of its size before copying it over: all or
+    nothing per tensor, at the cost of that buffer and a copy.
     """
     with reading(f) as stream:
         header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
@@ -69,7 +80,7 @@ def load_into(state_dict: Mapping[str, Any], f: Any, *, strict: bool = True) -> 
                     if not users:
                         stream.records.skip_record(entry.nbytes, index)
                         continue
-                    _fill(index, entry, users, stream, header.swapped)
+                    _fill(index, entry, users, stream, header.swapped, atomic)
         except RecordError as e:
             raise located(e, header, refs) from None
         check_trailer(stream.bytes, header)
@@ -108,8 +119,12 @@ def _fill(
     users: list[tuple[TensorRef, torch.Tensor]],
     stream: Stream,
     swap: bool,
+    atomic: bool,
 ) -> None:
-    if len(users) == 1 and not swap:  # fast path: one CPU tensor that is the whole storage
+    # Straight into a destination, unless the caller wants all or nothing per tensor for a
+    # storage that a record read would not verify before writing (see load_into).
+    straight = not atomic or (entry.nbytes < HASH_IN_THREAD and users[0][1].is_cpu)
+    if straight and len(users) == 1 and not swap:  # one CPU tensor that is the whole storage
         ref, target = users[0]
         if (
             target.is_cpu
@@ -123,7 +138,7 @@ def _fill(
                 _increment_version(target)
             return
     direct = None
-    for ref, target in users:
+    for ref, target in users if straight else ():
         if (
             ref.offset == 0
             and _is_contiguous(ref.shape, ref.stride)

@@ -118,6 +118,7 @@ class RecordReader:
         self._hasher = _Hasher()
         self._record: Any = None
         self._scratch: memoryview | None = None
+        self._small: memoryview | None = None
 
     def _verify(self, found: int, storage: int) -> None:
         staged = self._source.take_staged(_CHECKSUM_SIZE)
@@ -129,21 +130,33 @@ class RecordReader:
             raise ChecksumError(_name(storage), stored, found, storage=storage)
 
     def read_record(self, mv: memoryview, storage: int) -> None:
-        """Fill `mv` with the payload of `storage`'s record and verify the checksum after it."""
+        """Fill `mv` with the payload of `storage`'s record and verify the checksum after it.
+
+        A record under `HASH_IN_THREAD` bytes is verified before any of it is written to
+        `mv`: on an error `mv` is untouched. A larger one is read straight into `mv`, which
+        then holds undefined bytes on an error."""
         n = len(mv)
         try:
             if n < HASH_IN_THREAD:
                 # Fast path (most small records): payload and checksum are both staged.
                 staged = self._source.take_staged(n + _CHECKSUM_SIZE)
-                if staged is not None:
-                    mv[:] = staged[:n]
-                    stored = _stored_checksum_at(staged, n)
-                    found = _checksum(mv)
-                    if stored != found:
-                        raise ChecksumError(_name(storage), stored, found, storage=storage)
-                    return
-                self._source.readinto(mv, _name(storage))
-                self._verify(_checksum(mv), storage)
+                if staged is None:
+                    if self._small is None:
+                        self._small = memoryview(bytearray(HASH_IN_THREAD + _CHECKSUM_SIZE))
+                    staged = self._small[: n + _CHECKSUM_SIZE]
+                    try:
+                        self._source.readinto(staged, _name(storage))
+                    except TruncatedError as e:  # count the payload and its checksum apart
+                        if e.received < n:
+                            raise TruncatedError(_name(storage), n, e.received) from None
+                        what = f"checksum of {_name(storage)}"
+                        raise TruncatedError(what, _CHECKSUM_SIZE, e.received - n) from None
+                payload = staged[:n]
+                stored = _stored_checksum_at(staged, n)
+                found = _checksum(payload)
+                if stored != found:
+                    raise ChecksumError(_name(storage), stored, found, storage=storage)
+                mv[:] = payload
                 return
         except TruncatedError as e:
             raise TruncatedError(e.what, e.expected, e.received, storage=storage) from None

@@ -187,3 +187,43 @@ def test_the_application_disabling_gc_during_a_load_is_not_overridden() -> None:
     finally:
         gc.enable()
     assert gc.get_threshold() == before
+
+
+def _flip_last_payload_byte_of(data: bytes, key: str) -> bytes:
+    """`data` with the last payload byte of the storage of `key` flipped (checksums kept)."""
+    index = serializer.read_index(io.BytesIO(data))
+    storage = index[key].storage
+    parts = forge.parse(data)
+    end = parts.records_offset
+    for i, entry in enumerate(index.storages):
+        end += entry.nbytes
+        if i == storage:
+            break
+        end += 8
+    bad = bytearray(data)
+    bad[end - 1] ^= 0x40
+    return bytes(bad)
+
+
+@pytest.mark.parametrize(
+    "numel, atomic, kept",
+    [(100, False, True), (1 << 19, True, True), (1 << 19, False, False)],
+    ids=["small", "large-atomic", "large-direct"],
+)
+def test_what_a_failed_load_into_leaves(numel: int, atomic: bool, kept: bool) -> None:
+    """A checksum failure left the corrupted payload in the destination: now small storages
+    (and any with atomic=True) keep their old values, as load_into documents."""
+    new = {k: torch.full((numel,), float(i + 1)) for i, k in enumerate("abc")}
+    data = _flip_last_payload_byte_of(_stream(new), "b")
+    dest = {k: torch.zeros(numel) for k in "abc"}
+    with pytest.raises(serializer.ChecksumError) as info:
+        serializer.load_into(dest, io.BytesIO(data), atomic=atomic)
+    assert info.value.keys == ("b",)
+    assert torch.equal(dest["a"], new["a"])  # before the failing storage: loaded
+    assert torch.equal(dest["c"], torch.zeros(numel))  # after it: untouched
+    assert torch.equal(dest["b"], torch.zeros(numel)) is kept
+    dest = {k: torch.zeros(numel) for k in "abc"}
+    cut = _stream(new)[: len(_stream(new)) - 8 - numel * 4 - 8 - 32 + 10]  # inside "c"
+    with pytest.raises(serializer.TruncatedError):
+        serializer.load_into(dest, io.BytesIO(cut), atomic=atomic)
+    assert torch.equal(dest["b"], new["b"])
