@@ -51,29 +51,29 @@ _TENSOR = _Marker("a tensor")  # a persistent id's tensor, or what a codec's glo
 _NAME = b"name"  # a string on the modelled stack (STACK_GLOBAL takes two)
 
 _FIXED = {  # opcode: bytes of argument, for leaves that push one scalar
-    ord("K"): 1,  # BININT1
-    ord("M"): 2,  # BININT2
-    ord("J"): 4,  # BININT
-    ord("G"): 8,  # BINFLOAT
-    ord("N"): 0,  # NONE
+    0x4B: 1,  # BININT1
+    0x4D: 2,  # BININT2
+    0x4A: 4,  # BININT
+    0x47: 8,  # BINFLOAT
+    0x4E: 0,  # NONE
     0x88: 0,  # NEWTRUE
     0x89: 0,  # NEWFALSE
-    ord(")"): 0,  # EMPTY_TUPLE
+    0x29: 0,  # EMPTY_TUPLE
 }
 _SIZED = {  # opcode: bytes of the length prefix, for strings and bytes
-    ord("X"): 4,  # BINUNICODE
+    0x58: 4,  # BINUNICODE
     0x8C: 1,  # SHORT_BINUNICODE
     0x8D: 8,  # BINUNICODE8
-    ord("U"): 1,  # SHORT_BINSTRING
-    ord("T"): 4,  # BINSTRING
-    ord("B"): 4,  # BINBYTES
-    ord("C"): 1,  # SHORT_BINBYTES
+    0x55: 1,  # SHORT_BINSTRING
+    0x54: 4,  # BINSTRING
+    0x42: 4,  # BINBYTES
+    0x43: 1,  # SHORT_BINBYTES
     0x8E: 8,  # BINBYTES8
     0x96: 8,  # BYTEARRAY8
     0x8A: 1,  # LONG1
     0x8B: 4,  # LONG4
 }
-_NAMES = {ord("X"), 0x8C, 0x8D}  # strings that STACK_GLOBAL may take as module and name
+_NAMES = {0x58, 0x8C, 0x8D}  # strings that STACK_GLOBAL may take as module and name
 
 
 def _weight(item: object) -> int:
@@ -143,21 +143,21 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                 continue
             size = _SIZED.get(op)
             if size is not None:
-                n = int.from_bytes(data[pos : pos + size], "little", signed=op == ord("T"))
+                n = int.from_bytes(data[pos : pos + size], "little", signed=op == 0x54)
                 pos += size
                 if n < 0 or pos + n > end:
                     raise fail("a string or number runs past the skeleton")
                 stack.append(data[pos : pos + n] if op in _NAMES and n <= 512 else _LEAF)
                 pos += n
                 continue
-            if op == ord("Q"):  # BINPERSID
+            if op == 0x51:  # BINPERSID
                 stack.pop()
                 stack.append(_TENSOR)
-            elif op == ord("q") or op == ord("r") or op == 0x94:  # BINPUT, LONG_BINPUT, MEMOIZE
+            elif op == 0x71 or op == 0x72 or op == 0x94:  # BINPUT, LONG_BINPUT, MEMOIZE
                 if op == 0x94:
                     index = len(memo)
                 else:
-                    size = 1 if op == ord("q") else 4
+                    size = 1 if op == 0x71 else 4
                     index = int.from_bytes(data[pos : pos + size], "little")
                     pos += size
                 if not stack:
@@ -168,26 +168,26 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                     memo.append(stack[-1])
                 else:
                     raise fail(f"memo index {index} skips ahead of {len(memo)} entries")
-            elif op == ord("h") or op == ord("j"):  # BINGET, LONG_BINGET
-                size = 1 if op == ord("h") else 4
+            elif op == 0x68 or op == 0x6A:  # BINGET, LONG_BINGET
+                size = 1 if op == 0x68 else 4
                 index = int.from_bytes(data[pos : pos + size], "little")
                 pos += size
                 if index >= len(memo):
                     raise fail(f"memo entry {index} was never written")
                 stack.append(memo[index])
-            elif op == ord("("):  # MARK
+            elif op == 0x28:  # MARK
                 marks.append(stack)
                 stack = []
-            elif op == ord("u") or op == ord("e") or op == 0x90:  # SETITEMS, APPENDS, ADDITEMS
+            elif op == 0x75 or op == 0x65 or op == 0x90:  # SETITEMS, APPENDS, ADDITEMS
                 pop_mark()
                 target("add items to")
-            elif op == ord("s"):  # SETITEM
+            elif op == 0x73:  # SETITEM
                 del stack[-2:]
                 target("SETITEM on")
-            elif op == ord("a"):  # APPEND
+            elif op == 0x61:  # APPEND
                 stack.pop()
                 target("APPEND to")
-            elif op == ord("t"):  # TUPLE
+            elif op == 0x74:  # TUPLE
                 items = pop_mark()  # rebinds `stack`: append after it
                 stack.append(tuple_of(items))
             elif op == 0x85 or op == 0x86 or op == 0x87:  # TUPLE1, TUPLE2, TUPLE3
@@ -197,12 +197,12 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                 items = stack[-n:]
                 del stack[-n:]
                 stack.append(tuple_of(items))
-            elif op == ord("]") or op == ord("}") or op == 0x8F:  # EMPTY_LIST, _DICT, _SET
+            elif op == 0x5D or op == 0x7D or op == 0x8F:  # EMPTY_LIST, _DICT, _SET
                 stack.append(_LEAF)
             elif op == 0x91:  # FROZENSET
                 items = pop_mark()
                 stack.append(tuple_of(items))
-            elif op == ord("c"):  # GLOBAL: "module\nname\n"
+            elif op == 0x63:  # GLOBAL: "module\nname\n"
                 first = data.find(b"\n", pos)
                 second = data.find(b"\n", first + 1) if first >= 0 else -1
                 if second < 0:
@@ -217,7 +217,7 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                     raise fail("STACK_GLOBAL of something other than two strings")
                 module = module_b.decode("utf-8", "replace")
                 stack.append(_Global(f"{module}.{name_b.decode('utf-8', 'replace')}"))
-            elif op == ord("R"):  # REDUCE
+            elif op == 0x52:  # REDUCE
                 stack.pop()
                 func = stack.pop()
                 if type(func) is not _Global:
@@ -231,14 +231,14 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                 if type(cls) is not _Global:
                     raise unsafe("Can only create new object for classes allowlisted")
                 stack.append(_LEAF)
-            elif op == ord("b"):  # BUILD
+            elif op == 0x62:  # BUILD
                 stack.pop()
                 target("build")
-            elif op == ord("0"):  # POP
+            elif op == 0x30:  # POP
                 stack.pop()
-            elif op == ord("1"):  # POP_MARK
+            elif op == 0x31:  # POP_MARK
                 pop_mark()
-            elif op == ord("2"):  # DUP
+            elif op == 0x32:  # DUP
                 stack.append(stack[-1])
             elif op == 0x80:  # PROTO
                 if not 2 <= data[pos] <= 5:
@@ -246,7 +246,7 @@ def check(data: bytes, tensor_global: Callable[[str], Any]) -> None:
                 pos += 1
             elif op == 0x95:  # FRAME
                 pos += 8
-            elif op == ord("."):  # STOP
+            elif op == 0x2E:  # STOP
                 stopped = True
                 break
             else:
