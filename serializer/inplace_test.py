@@ -1,0 +1,79 @@
+"""load_into: in place, through views and shared storages, and its checks of the destination."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import serializer
+from testing.cases import make_tensor, same_bits
+
+
+def _bytes(obj: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    serializer.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_load_into_in_place_without_copies() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    source = {k: v.clone().uniform_() for k, v in model.state_dict().items()}
+    dest = model.state_dict()
+    ptrs = {k: v.data_ptr() for k, v in dest.items()}
+    result = serializer.load_into(dest, _bytes(source))
+    assert result == serializer.LoadResult([], [])
+    for k, v in model.state_dict().items():
+        assert v.data_ptr() == ptrs[k]
+        assert torch.equal(v, source[k])
+
+
+def test_load_into_views_and_shared_storage() -> None:
+    base = make_tensor((6, 8), torch.float32)
+    source = {"base": base, "row": base[2], "block": base[1:4, 2:6], "t": base.t()}
+    dest = {k: torch.zeros_like(v) for k, v in source.items()}
+    serializer.load_into(dest, _bytes(source))
+    for k in source:
+        assert same_bits(dest[k], source[k]), k
+
+
+def test_load_into_lazy_conjugate_and_negative_views() -> None:
+    """Their memory holds other values than they read as: the bytes must not go straight in."""
+    values = torch.tensor([1 + 2j, 3 - 1j, -0.5j], dtype=torch.complex64)
+    views = {
+        "conj": lambda c: c.conj(),
+        "neg": lambda c: c.conj().imag,  # a real view with the negative bit
+    }
+    for name, make in views.items():
+        dest = make(torch.zeros(3, dtype=torch.complex64))
+        assert dest.is_conj() or dest.is_neg()
+        want = values if dest.is_complex() else values.imag.clone()
+        serializer.load_into({"v": dest}, _bytes({"v": want}))
+        assert torch.equal(dest, want), name
+        dest.zero_()
+        twin = torch.zeros_like(want)
+        serializer.load_into({"v": dest, "twin": twin}, _bytes({"v": want, "twin": want.view(3)}))
+        assert torch.equal(dest, want) and torch.equal(twin, want), f"{name}, shared storage"
+
+
+def test_load_into_checks_keys_shapes_dtypes() -> None:
+    buf = _bytes({"a": torch.ones(2), "b": torch.ones(3)})
+    with pytest.raises(serializer.MismatchError, match="missing.*'c'.*'b'"):
+        serializer.load_into({"a": torch.zeros(2), "c": torch.zeros(1)}, buf)
+    with pytest.raises(serializer.MismatchError, match="'a'.*float32 \\[2\\].*float64 \\[2\\]"):
+        serializer.load_into(
+            {"a": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(3)},
+            _bytes({"a": torch.ones(2), "b": torch.ones(3)}),
+        )
+    with pytest.raises(serializer.MismatchError, match="\\[3\\].*\\[4\\]"):
+        serializer.load_into(
+            {"a": torch.zeros(2), "b": torch.zeros(4)},
+            _bytes({"a": torch.ones(2), "b": torch.ones(3)}),
+        )
+    dest = {"a": torch.zeros(2)}
+    result = serializer.load_into(
+        dest, _bytes({"a": torch.ones(2), "b": torch.ones(3)}), strict=False
+    )
+    assert result.unexpected_keys == ["b"] and torch.equal(dest["a"], torch.ones(2))

@@ -1,0 +1,60 @@
+"""load and load_keys: what a loaded object is made of, and loading some keys only."""
+
+from __future__ import annotations
+
+import collections
+import io
+
+import pytest
+import torch
+
+import serializer
+from testing.cases import make_tensor, same_bits
+
+
+def _bytes(obj: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    serializer.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_loaded_tensors_are_writable_and_own_memory() -> None:
+    out = serializer.load(_bytes({"t": torch.zeros(4)}))
+    out["t"] += 1  # no read-only warning, no aliasing of a bytes object
+    assert out["t"].tolist() == [1.0] * 4
+
+
+def _identities(obj: dict[str, object]) -> list[tuple[str, str]]:
+    """The pairs of keys whose values are one object."""
+    keys = sorted(obj)
+    return [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :] if obj[a] is obj[b]]
+
+
+def test_the_same_tensor_twice_loads_as_one_object_as_in_torch() -> None:
+    t = make_tensor((6,), torch.float32)
+    tied = torch.nn.Parameter(make_tensor((3,), torch.float32))
+    obj = {"a": t, "b": t, "view": t[1:], "equal": t.view(6), "p": tied, "q": tied}
+    torch_buf = io.BytesIO()
+    torch.save(obj, torch_buf)
+    torch_buf.seek(0)
+    want = _identities(torch.load(torch_buf))
+    loaded = serializer.load(_bytes(obj))
+    assert _identities(loaded) == want == [("a", "b"), ("p", "q")]
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["a"].untyped_storage().data_ptr()
+    loaded["a"][0] = 42.0
+    assert loaded["b"][0] == 42.0 and loaded["equal"][0] == 42.0
+
+
+def test_load_keys_selects_and_skips() -> None:
+    sd = collections.OrderedDict(
+        a=make_tensor((8,), torch.float32), b=make_tensor((4,), torch.int64), c="x"
+    )
+    sd["a_view"] = sd["a"][2:]
+    buf = _bytes(sd)
+    out = serializer.load_keys(buf, ["a_view", "c"])
+    assert list(out) == ["a_view", "c"]
+    assert same_bits(out["a_view"], sd["a_view"])
+    assert buf.read() == b""
+    with pytest.raises(serializer.MismatchError, match="nope"):
+        serializer.load_keys(_bytes(sd), ["nope"])
