@@ -116,8 +116,12 @@ class ByteSink:
         """Write what is staged and flush `f` (which stays open)."""
         self._flush_stage()
         flush = getattr(self._f, "flush", None)
-        if flush is not None:
-            flush()
+        while flush is not None:
+            try:
+                flush()
+                return
+            except BlockingIOError:  # a buffered file over a full non-blocking descriptor
+                _wait_ready(self._f, writable=True)
 
 
 class ByteSource:

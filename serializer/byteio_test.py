@@ -203,12 +203,6 @@ def test_sink_waits_on_a_non_blocking_raw_pipe(pipe: Pipe) -> None:
     assert drain.result() == b"".join(pieces)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BlockingIOError,
-    reason="library bug: ByteSink.close flushes a non-blocking buffered file once, and its "
-    "BlockingIOError escapes when the pipe is full (so does serializer.save's)",
-)
 def test_sink_waits_on_a_non_blocking_buffered_pipe(pipe: Pipe) -> None:
     r, w = pipe.r, pipe.w
     os.set_blocking(w, False)
