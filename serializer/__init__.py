@@ -10,6 +10,7 @@ from ._allowlist import add_safe_globals, clear_safe_globals, get_safe_globals, 
 from ._errors import (
     ChecksumError,
     DeviceError,
+    EndOfStream,
     FormatError,
     MismatchError,
     SerializerError,
@@ -21,7 +22,7 @@ from ._errors import (
 from ._format import MAJOR, MINOR, StorageEntry, TensorRef
 from ._index import StreamIndex, TensorEntry, read_index
 from ._inplace import LoadResult, load_into
-from ._load import load, load_keys
+from ._load import iter_load, load, load_keys
 from ._registry import TensorCodec, register_codec
 from ._ring import configure_staging
 from ._save import DEFAULT_PROTOCOL, save
@@ -34,6 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ChecksumError",
     "DeviceError",
+    "EndOfStream",
     "FormatError",
     "LoadResult",
     "MismatchError",
@@ -51,6 +53,7 @@ __all__ = [
     "clear_safe_globals",
     "configure_staging",
     "get_safe_globals",
+    "iter_load",
     "load",
     "load_into",
     "load_keys",

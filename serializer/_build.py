@@ -117,6 +117,17 @@ def outline(
     )
 
 
+def _children(value: Any) -> Iterator[tuple[Any, Any]] | None:
+    """(key, child) of a mapping, list, tuple, set or plain object; None for a leaf."""
+    if isinstance(value, Mapping):
+        return iter(value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return enumerate(value)  # a set's members by iteration order
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return iter(vars(value).items())
+    return None
+
+
 def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
     """(dotted key, leaf) for every `leaf` inside mappings, lists, tuples, sets and plain
     objects; each container is entered once, however often it is shared."""
@@ -130,18 +141,28 @@ def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
             continue
         if id(value) in seen:
             continue
-        if isinstance(value, Mapping):
-            children: Iterator[tuple[Any, Any]] = iter(value.items())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            children = enumerate(value)  # a set's members by iteration order
-        elif hasattr(value, "__dict__") and not isinstance(value, type):
-            children = iter(vars(value).items())
-        else:
+        children = _children(value)
+        if children is None:
             continue
         seen.add(id(value))
         items = [(f"{path}.{_key(k)}" if path else _key(k), v) for k, v in children]
         stack.extend(reversed(items))
     return found
+
+
+def at_path(obj: Any, path: str) -> Any:
+    """What `find` lists under the dotted key `path` (KeyError if nothing is there)."""
+    stack = [(obj, path)]
+    while stack:
+        value, rest = stack.pop()
+        children = _children(value)
+        for k, child in children if children is not None else ():
+            text = _key(k)
+            if rest == text:
+                return child
+            if rest.startswith(text + "."):
+                stack.append((child, rest[len(text) + 1 :]))
+    raise KeyError(path)
 
 
 def _key(k: Any) -> str:

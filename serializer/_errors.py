@@ -17,6 +17,7 @@ __all__ = [
     "VersionError",
     "TruncatedError",
     "ChecksumError",
+    "EndOfStream",
     "UnsupportedError",
     "UnsafeGlobalError",
     "MismatchError",
@@ -127,6 +128,11 @@ class ChecksumError(_PartError):
         return ChecksumError(
             self.what, self.expected, self.found, storage=self.storage, nbytes=nbytes, keys=keys
         )
+
+
+class EndOfStream(SerializerError, EOFError):
+    """The source ended cleanly where a stream could begin: there are no more streams.
+    (A source that ends inside a stream raises `TruncatedError` instead.)"""
 
 
 class UnsupportedError(SerializerError, TypeError):

@@ -60,7 +60,7 @@ def read_index(
     with reading(f) as stream:
         src = stream.bytes
         start = src.offset
-        header = read_header(src, src.read(1, "magic"))
+        header = read_header(src)
         refs = find(outline(header, weights_only, pickle_module, {}), TensorRef)
         tensors = []
         for key, ref in refs:

@@ -28,13 +28,20 @@ class LoadResult(NamedTuple):
 
 
 def load_into(
-    state_dict: Mapping[str, Any], f: Any, *, strict: bool = True, atomic: bool = False
+    state_dict: Mapping[str, Any] | torch.nn.Module,
+    f: Any,
+    *,
+    strict: bool = True,
+    cast: bool = False,
+    atomic: bool = False,
 ) -> LoadResult:
-    """Load a stream of tensors in place into the tensors of `state_dict`.
+    """Load a stream of tensors in place into the tensors of `state_dict` (a mapping, or a
+    module: its parameters and buffers, as ``module.state_dict()`` names them).
 
-    Keys are matched by dotted path; shapes and dtypes must agree. A stream storage that
-    maps one-to-one onto a contiguous destination is read straight into it; others are
-    read once and copied into each destination that views them.
+    Keys are matched by dotted path; shapes must agree, and dtypes too unless `cast` is
+    true (then values are converted as ``load_state_dict`` does). A stream storage that
+    maps one-to-one onto a contiguous destination of its dtype is read straight into it;
+    others are read once and copied into each destination that views them.
 
     Storages are loaded in stream order, each verified against its checksum. If loading
     fails (`TruncatedError`, `ChecksumError`), the destinations of the storages before the
@@ -45,18 +52,24 @@ def load_into(
     nothing per tensor, at the cost of that buffer and a copy.
     """
     with reading(f) as stream:
-        header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
+        header = read_header(stream.bytes)
         refs = find(outline(header, True, None, {}), TensorRef)
         in_stream = dict(refs)
+        if isinstance(state_dict, torch.nn.Module):
+            state_dict = state_dict.state_dict(keep_vars=True)
         dest = {key: local_tensor(t) for key, t in find(state_dict, torch.Tensor)}
         missing = sorted(dest.keys() - in_stream.keys())
         unexpected = sorted(in_stream.keys() - dest.keys())
         if strict and (missing or unexpected):
+            hint = ""
+            if any("_parameters." in k or "_buffers." in k for k in missing):
+                hint = " (the destination looks like a module's attributes: pass the module)"
             raise MismatchError(
                 f"keys differ: missing from the stream {missing!r:.300}, "
-                f"not in the destination {unexpected!r:.300}"
+                f"not in the destination {unexpected!r:.300}{hint}"
             )
         problems = []
+        plan_keys = dest.keys() & in_stream.keys()
         plan: dict[int, list[tuple[TensorRef, torch.Tensor]]] = {}
         for key, ref in in_stream.items():
             target = dest.get(key)
@@ -65,14 +78,16 @@ def load_into(
             dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)
             if dtype is None:
                 dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
-            if target.dtype != dtype or target.shape != ref.shape:
+            if (target.dtype != dtype and not cast) or target.shape != ref.shape:
                 problems.append(
                     f"{key!r}: stream has {dtype} {list(ref.shape)}, "
                     f"destination has {target.dtype} {list(target.shape)}"
                 )
             plan.setdefault(ref.storage, []).append((ref, target))
         if problems:
-            raise MismatchError("cannot load in place:\n  " + "\n  ".join(problems))
+            shapes_agree = all(dest[k].shape == in_stream[k].shape for k in plan_keys)
+            advice = "\n(only dtypes differ: pass cast=True to convert)" if shapes_agree else ""
+            raise MismatchError("cannot load in place:\n  " + "\n  ".join(problems) + advice)
         try:
             with torch.no_grad():
                 for index, entry in enumerate(header.table):
@@ -128,6 +143,7 @@ def _fill(
         ref, target = users[0]
         if (
             target.is_cpu
+            and target.dtype == _format.DTYPE_BY_ID[ref.dtype_id]
             and ref.offset == 0
             and ref.stride == target.stride()
             and _takes_raw_bytes(target)
@@ -140,7 +156,8 @@ def _fill(
     direct = None
     for ref, target in users if straight else ():
         if (
-            ref.offset == 0
+            target.dtype == _format.DTYPE_BY_ID[ref.dtype_id]
+            and ref.offset == 0
             and _is_contiguous(ref.shape, ref.stride)
             and target.numel() * target.element_size() == entry.nbytes
             and _takes_raw_bytes(target)
@@ -165,7 +182,8 @@ def _fill(
         if target is direct:
             continue
         try:
-            view = torch.empty(0, dtype=target.dtype, device=base.device).set_(
+            dtype = _format.DTYPE_BY_ID[ref.dtype_id]  # the stream's (copy_ casts, if asked)
+            view = torch.empty(0, dtype=dtype, device=base.device).set_(
                 base, base_offset + ref.offset, ref.shape, ref.stride
             )
         except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # as load's rebuild

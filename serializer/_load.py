@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import contextlib
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from ._build import RecordError, build, find, located, outline, unpickling
-from ._errors import MismatchError
+from ._build import RecordError, at_path, build, find, located, outline, unpickling
+from ._errors import EndOfStream, MismatchError
 from ._format import TensorRef
 from ._placement import MapLocation
-from ._read import read_header, read_storages, reading
+from ._read import first_byte, read_header, read_storages, reading
 from ._torch_compat import TORCH_STREAM_FIRST_BYTE, load_torch_stream
 
 
@@ -28,7 +29,7 @@ def load(
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
     with reading(f) as stream:
-        first = stream.bytes.read(1, "magic")
+        first = first_byte(stream.bytes)
         if first == TORCH_STREAM_FIRST_BYTE:
             return load_torch_stream(
                 first, stream.bytes, map_location, pickle_module, weights_only, pickle_load_args
@@ -50,25 +51,45 @@ def load_keys(
     weights_only: bool | None = True,
     **pickle_load_args: Any,
 ) -> dict[Any, Any]:
-    """Load only `keys` of a stream whose object is a mapping (a state dict).
+    """Load only `keys` of a stream whose object is a mapping (a state dict): its own keys,
+    or the dotted keys `read_index` lists (``"model.layer.0.weight"``).
 
     The data of every other tensor is read past (and verified) without being kept.
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
     with reading(f) as stream:
-        header = read_header(stream.bytes, stream.bytes.read(1, "magic"))
+        header = read_header(stream.bytes)
         tree = outline(header, weights_only, pickle_module, pickle_load_args)
         if not isinstance(tree, Mapping):
             raise MismatchError(
                 f"load_keys needs a stream holding a mapping, found {type(tree).__name__}"
             )
-        missing = [k for k in keys if k not in tree]
+        parts: dict[Any, Any] = {}  # each key's part of the outline
+        for k in keys:
+            if k in tree:
+                parts[k] = tree[k]
+            elif isinstance(k, str):  # a dotted key, as read_index lists it
+                with contextlib.suppress(KeyError):
+                    parts[k] = at_path(tree, k)
+        missing = [k for k in keys if k not in parts]
         if missing:
             raise MismatchError(f"keys not in the stream: {missing!r:.500}")
-        wanted = {ref.storage for k in keys for _, ref in find(tree[k], TensorRef)}
+        wanted = {ref.storage for part in parts.values() for _, ref in find(part, TensorRef)}
         try:
             storages = read_storages(stream, header, map_location, wanted)
         except RecordError as e:
             raise located(e, header, find(tree, TensorRef)) from None
         obj = build(header, storages, weights_only, pickle_module, pickle_load_args)
-        return {k: obj[k] for k in keys}
+        return {k: obj[k] if k in tree else at_path(obj, k) for k in keys}
+
+
+def iter_load(f: Any, **load_args: Any) -> Iterator[Any]:
+    """Load stream after stream from `f` (a socket, a pipe, a file of streams written one
+    after another) until it ends cleanly between two streams; `load_args` as for `load`.
+    A source that ends inside a stream raises `TruncatedError`."""
+    while True:
+        try:
+            obj = load(f, **load_args)
+        except EndOfStream:
+            return
+        yield obj

@@ -13,7 +13,7 @@ import torch
 
 from . import _format
 from ._byteio import ByteSource
-from ._errors import ChecksumError, FormatError, short_repr
+from ._errors import ChecksumError, EndOfStream, FormatError, TruncatedError, short_repr
 from ._format import StorageEntry, TensorRef
 from ._gc import gc_paused
 from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
@@ -58,8 +58,18 @@ class Header:
         return self.preamble.big_endian != _HOST_BIG_ENDIAN
 
 
-def read_header(src: ByteSource, first: bytes) -> Header:
-    """The header of a serializer stream whose first byte `first` was read already."""
+def first_byte(src: ByteSource) -> bytes:
+    """The first byte of a stream, or `EndOfStream` if the source ends before it."""
+    try:
+        return src.read(1, "magic")
+    except TruncatedError:
+        raise EndOfStream("the source ended where a stream could begin") from None
+
+
+def read_header(src: ByteSource, first: bytes | None = None) -> Header:
+    """The header of a serializer stream (whose first byte `first` was read already)."""
+    if first is None:
+        first = first_byte(src)
     pre = _format.unpack_preamble(first + src.read(_format.PREAMBLE_SIZE - 1, "preamble"))
     table_len = pre.storage_count * _format.STORAGE_ENTRY_SIZE
     src.expect(table_len + pre.tensor_table_len + pre.skeleton_len + _format.CHECKSUM_SIZE)

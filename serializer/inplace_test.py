@@ -77,3 +77,33 @@ def test_load_into_checks_keys_shapes_dtypes() -> None:
         dest, _bytes({"a": torch.ones(2), "b": torch.ones(3)}), strict=False
     )
     assert result.unexpected_keys == ["b"] and torch.equal(dest["a"], torch.ones(2))
+
+
+def test_load_into_a_module_and_with_cast() -> None:
+    """A module was walked by its attributes (`_parameters.weight` missing, no hint); an fp32
+    stream was refused for bf16 tensors, where load_state_dict casts."""
+    torch.manual_seed(0)
+    source = torch.nn.Linear(3, 2)
+    buf = io.BytesIO()
+    serializer.save(source.state_dict(), buf)
+    data = buf.getvalue()
+    target = torch.nn.Linear(3, 2)
+    assert serializer.load_into(target, io.BytesIO(data)) == ([], [])
+    assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, source.bias)
+    half = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    with pytest.raises(serializer.MismatchError, match="pass cast=True"):
+        serializer.load_into(half, io.BytesIO(data))
+    serializer.load_into(half, io.BytesIO(data), cast=True)
+    assert torch.equal(half.weight, source.weight.detach().to(torch.bfloat16))
+    with pytest.raises(serializer.MismatchError, match="pass the module"):
+        serializer.load_into(vars(torch.nn.Linear(3, 2)), io.BytesIO(data))
+
+
+def test_cast_never_reinterprets_bytes_of_an_equal_size_dtype() -> None:
+    """float16 and bfloat16 have one size: a raw read would load wrong values."""
+    buf = io.BytesIO()
+    values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.float16)
+    serializer.save({"t": values}, buf)
+    dest = {"t": torch.zeros(3, dtype=torch.bfloat16)}
+    serializer.load_into(dest, io.BytesIO(buf.getvalue()), cast=True)
+    assert torch.equal(dest["t"], values.to(torch.bfloat16))

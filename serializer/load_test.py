@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import io
+import socket
+import threading
 
 import pytest
 import torch
@@ -58,3 +60,52 @@ def test_load_keys_selects_and_skips() -> None:
     assert buf.read() == b""
     with pytest.raises(serializer.MismatchError, match="nope"):
         serializer.load_keys(_bytes(sd), ["nope"])
+
+
+def test_a_clean_close_between_streams_is_end_of_stream() -> None:
+    """A source that ends where a stream could begin raised TruncatedError, as a cut did."""
+    buf = io.BytesIO()
+    for step in range(3):
+        serializer.save({"step": step, "w": torch.full((2,), float(step))}, buf)
+    data = buf.getvalue()
+    got = list(serializer.iter_load(io.BytesIO(data)))
+    assert [g["step"] for g in got] == [0, 1, 2]
+    assert torch.equal(got[2]["w"], torch.full((2,), 2.0))
+    with pytest.raises(serializer.EndOfStream) as info:
+        serializer.load(io.BytesIO(b""))
+    assert isinstance(info.value, EOFError) and not isinstance(info.value, serializer.FormatError)
+    with pytest.raises(serializer.TruncatedError):  # a cut inside the last stream is not clean
+        list(serializer.iter_load(io.BytesIO(data[:-5])))
+
+
+def test_iter_load_over_a_socket_ends_when_the_sender_closes() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(
+            target=lambda: (
+                [serializer.save({"i": i}, a) for i in range(4)],
+                a.shutdown(socket.SHUT_WR),
+            )
+        )
+        sender.start()
+        assert [obj["i"] for obj in serializer.iter_load(b)] == [0, 1, 2, 3]
+        sender.join(10)
+
+
+def test_load_keys_takes_the_dotted_keys_read_index_lists() -> None:
+    obj = {
+        "model": {"a": torch.ones(2), "layers": [torch.zeros(1), {"w": torch.arange(3)}]},
+        "b": torch.ones(1),
+    }
+    buf = io.BytesIO()
+    serializer.save(obj, buf)
+    buf.seek(0)
+    keys = serializer.read_index(buf).keys()
+    assert keys == ["model.a", "model.layers.0", "model.layers.1.w", "b"]
+    buf.seek(0)
+    got = serializer.load_keys(buf, ["model.layers.1.w", "model.a"])
+    assert torch.equal(got["model.layers.1.w"], torch.arange(3))
+    assert torch.equal(got["model.a"], torch.ones(2))
+    buf.seek(0)
+    with pytest.raises(serializer.MismatchError, match="model.nope"):
+        serializer.load_keys(buf, ["model.nope"])
