@@ -2,7 +2,8 @@
 
 `ByteSink` writes every byte it is given, whatever the file does with short writes or
 non-blocking descriptors; `ByteSource` reads exactly what is asked or raises `TruncatedError`.
-Small pieces go through one staging buffer (fewer system calls). A `ByteSource` reads ahead
+Small pieces go through one staging buffer (fewer system calls). Every system call that may
+wait lets the process's GC run (`_gc`). A `ByteSource` reads ahead
 only within the bound its reader sets with `expect` (the end of the stream, once the header
 has told it), so streams can follow each other on one socket. Nothing here knows the layout
 of a stream: that is `_format`'s; nothing here checksums: that is `_records`'.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import TruncatedError
+from ._gc import wait_begins, wait_ends
 
 STAGE_SIZE = 1 << 20  # staging buffer for small pieces
 SMALL = 64 << 10  # pieces below this are staged
@@ -75,6 +77,13 @@ class ByteSink:
         self._stage_mv = memoryview(self._stage)
         self._fill = 0
 
+    def _write(self, data: memoryview) -> None:
+        wait_begins()
+        try:
+            self._raw_write(data)
+        finally:
+            wait_ends()
+
     def _write_loop(self, data: memoryview) -> None:
         write = self._f.send if isinstance(self._f, socket.socket) else self._f.write
         while data:
@@ -91,7 +100,7 @@ class ByteSink:
 
     def _flush_stage(self) -> None:
         if self._fill:
-            self._raw_write(self._stage_mv[: self._fill])
+            self._write(self._stage_mv[: self._fill])
             self._fill = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -105,7 +114,7 @@ class ByteSink:
             self._fill += n
         else:
             self._flush_stage()
-            self._raw_write(mv)
+            self._write(mv)
         self.offset += n
 
     def abort(self) -> None:
@@ -116,12 +125,16 @@ class ByteSink:
         """Write what is staged and flush `f` (which stays open)."""
         self._flush_stage()
         flush = getattr(self._f, "flush", None)
-        while flush is not None:
-            try:
-                flush()
-                return
-            except BlockingIOError:  # a buffered file over a full non-blocking descriptor
-                _wait_ready(self._f, writable=True)
+        wait_begins()
+        try:
+            while flush is not None:
+                try:
+                    flush()
+                    return
+                except BlockingIOError:  # a buffered file over a full non-blocking descriptor
+                    _wait_ready(self._f, writable=True)
+        finally:
+            wait_ends()
 
 
 class ByteSource:
@@ -164,16 +177,20 @@ class ByteSource:
         return len(data)
 
     def _raw(self, mv: memoryview) -> int:
-        while True:
-            try:
-                n = self._raw_readinto(mv)
-            except BlockingIOError:  # non-blocking socket or buffered file
-                n = None
-            if n is None:
-                _wait_ready(self._f, writable=False)
-                continue
-            self._raw_offset += n
-            return n
+        wait_begins()
+        try:
+            while True:
+                try:
+                    n = self._raw_readinto(mv)
+                except BlockingIOError:  # non-blocking socket or buffered file
+                    n = None
+                if n is None:
+                    _wait_ready(self._f, writable=False)
+                    continue
+                self._raw_offset += n
+                return n
+        finally:
+            wait_ends()
 
     def readinto(self, mv: memoryview, what: str) -> None:
         """Fill `mv` completely or raise TruncatedError naming `what`."""

@@ -17,7 +17,6 @@ import torch
 
 from . import _allowlist, _pickle_check, _registry
 from ._errors import FormatError, UnsafeGlobalError
-from ._gc import gc_paused
 
 
 class SkeletonPickler(pickle.Pickler):
@@ -49,11 +48,6 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 def dumps(obj: Any, pickle_module: Any, protocol: int, ref: Callable[[Any], Any]) -> bytes:
     """The skeleton of `obj`; `ref(tensor)` gives each tensor's persistent id."""
-    with gc_paused():
-        return _dumps(obj, pickle_module, protocol, ref)
-
-
-def _dumps(obj: Any, pickle_module: Any, protocol: int, ref: Callable[[Any], Any]) -> bytes:
     buf = io.BytesIO()
     if pickle_module is pickle:
         SkeletonPickler(buf, protocol, ref).dump(obj)
@@ -106,17 +100,6 @@ def loads(
     **pickle_load_args: Any,
 ) -> Any:
     """Unpickle a skeleton. Under weights_only, any failure is the library's error."""
-    with gc_paused():
-        return _loads(data, persistent_load, weights_only, pickle_module, pickle_load_args)
-
-
-def _loads(
-    data: bytes,
-    persistent_load: Callable[[Any], Any],
-    weights_only: bool,
-    pickle_module: Any,
-    pickle_load_args: dict[str, Any],
-) -> Any:
     pickle_load_args.setdefault("encoding", "utf-8")
     if not weights_only:
         unpickler = pickle_module.Unpickler(io.BytesIO(data), **pickle_load_args)

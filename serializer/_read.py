@@ -36,11 +36,13 @@ class Stream:
 
 @contextlib.contextmanager
 def reading(f: Any) -> Iterator[Stream]:
-    """Read one stream from `f` inside the block (the hasher's thread ends with it)."""
+    """Read one stream from `f` inside the block (the hasher's thread ends with it), with the
+    GC paused except while waiting for data (`_gc`)."""
     source = ByteSource(f)
     records = RecordReader(source)
     try:
-        yield Stream(source, records)
+        with gc_paused():
+            yield Stream(source, records)
     finally:
         records.close()
 
@@ -131,11 +133,10 @@ def read_storages(
         assert backend is not None  # resolve_device found it
         for batch in range(run.start, run.stop, _READ_BATCH):  # bounded bookkeeping
             jobs = []
-            with gc_paused():  # many tracked objects at once; no I/O
-                for index in range(batch, min(batch + _READ_BATCH, run.stop)):
-                    data = _allocate(backend, header.table[index].nbytes, device, index)
-                    datas[index] = data
-                    jobs.append((data, index))
+            for index in range(batch, min(batch + _READ_BATCH, run.stop)):
+                data = _allocate(backend, header.table[index].nbytes, device, index)
+                datas[index] = data
+                jobs.append((data, index))
             backend.read_many(jobs, records)
     check_trailer(stream.bytes, header)
     for index, (entry, loaded) in enumerate(zip(header.table, datas, strict=True)):

@@ -10,6 +10,7 @@ import torch
 from . import _format, _pickling
 from ._byteio import ByteSink
 from ._errors import UnsupportedError
+from ._gc import gc_paused
 from ._records import RecordWriter
 from ._registry import as_bytes, backend_for
 from ._ring import runs
@@ -131,7 +132,8 @@ def save(
         raise ValueError(
             f"pickle_protocol {pickle_protocol} is not supported: use 2 (the default) or higher"
         )
-    _save(obj, f, pickle_module, pickle_protocol)
+    with gc_paused():  # except while waiting to write (_gc)
+        _save(obj, f, pickle_module, pickle_protocol)
 
 
 def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None:
