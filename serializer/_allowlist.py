@@ -60,7 +60,7 @@ def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
     """``_codecs.encode`` as pickle protocol 2 writes bytes: a str and "latin1"."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
         raise FormatError("skeleton calls _codecs.encode other than as pickle writes bytes")
-    return _codecs.encode(text, "latin1")  # type: ignore[no-any-return]
+    return _codecs.encode(text, "latin1")
 
 
 def _name_of(obj: Any) -> str:

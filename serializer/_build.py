@@ -124,7 +124,8 @@ def _children(value: Any) -> Iterator[tuple[Any, Any]] | None:
     if isinstance(value, (list, tuple, set, frozenset)):
         return enumerate(value)  # a set's members by iteration order
     if hasattr(value, "__dict__") and not isinstance(value, type):
-        return iter(vars(value).items())
+        attributes: dict[str, Any] = vars(value)
+        return iter(attributes.items())
     return None
 
 
