@@ -30,7 +30,11 @@ SWEEP = [
 ]  # fmt: skip
 CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
 # numpy: torch's object collectives (DCP plans in the distributed tests) call .numpy().
-TEST_DEPS = ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy"]
+# fsspec: URLs (the optional extra `fsspec`), tested with its memory:// file system.
+TEST_DEPS = [
+    "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
+    "fsspec>=2023.1",
+]  # fmt: skip
 
 
 def install_torch(session: nox.Session, version: str) -> None:

@@ -49,7 +49,11 @@ class StreamIndex:
 
 
 def read_index(
-    f: Any, *, weights_only: bool | None = True, pickle_module: Any = None
+    f: Any,
+    *,
+    weights_only: bool | None = True,
+    pickle_module: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> StreamIndex:
     """List a stream's tensors without loading their data, and consume the stream.
 
@@ -57,7 +61,7 @@ def read_index(
     verified.
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
-    with reading(f) as stream:
+    with reading(f, storage_options) as stream:
         src = stream.bytes
         start = src.offset
         header = read_header(src)

@@ -34,6 +34,7 @@ def load_into(
     strict: bool = True,
     cast: bool = False,
     atomic: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> LoadResult:
     """Load a stream of tensors in place into the tensors of `state_dict` (a mapping, or a
     module: its parameters and buffers, as ``module.state_dict()`` names them).
@@ -51,7 +52,7 @@ def load_into(
     reads every other storage into a buffer of its size before copying it over: all or
     nothing per tensor, at the cost of that buffer and a copy.
     """
-    with reading(f) as stream:
+    with reading(f, storage_options) as stream:
         header = read_header(stream.bytes)
         refs = find(outline(header, True, None, {}), TensorRef)
         in_stream = dict(refs)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
+from . import _files
 from ._build import RecordError, at_path, build, find, located, outline, unpickling
 from ._errors import EndOfStream, MismatchError
 from ._format import TensorRef
@@ -20,15 +21,17 @@ def load(
     pickle_module: Any = None,
     *,
     weights_only: bool | None = True,
+    storage_options: dict[str, Any] | None = None,
     **pickle_load_args: Any,
 ) -> Any:
     """Read one stream from `f` and return the object; consumes exactly that stream.
 
     Same arguments and semantics as ``torch.distributed._serialization._streaming_load``;
-    also reads streams written by that function.
+    also reads streams written by that function. `f` is a binary file object, a socket, a
+    local path, or a URL (fsspec, with `storage_options`).
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
-    with reading(f) as stream:
+    with reading(f, storage_options) as stream:
         first = first_byte(stream.bytes)
         if first == TORCH_STREAM_FIRST_BYTE:
             return load_torch_stream(
@@ -49,6 +52,7 @@ def load_keys(
     pickle_module: Any = None,
     *,
     weights_only: bool | None = True,
+    storage_options: dict[str, Any] | None = None,
     **pickle_load_args: Any,
 ) -> dict[Any, Any]:
     """Load only `keys` of a stream whose object is a mapping (a state dict): its own keys,
@@ -57,7 +61,7 @@ def load_keys(
     The data of every other tensor is read past (and verified) without being kept.
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
-    with reading(f) as stream:
+    with reading(f, storage_options) as stream:
         header = read_header(stream.bytes)
         tree = outline(header, weights_only, pickle_module, pickle_load_args)
         if not isinstance(tree, Mapping):
@@ -83,13 +87,16 @@ def load_keys(
         return {k: obj[k] if k in tree else at_path(obj, k) for k in keys}
 
 
-def iter_load(f: Any, **load_args: Any) -> Iterator[Any]:
+def iter_load(
+    f: Any, *, storage_options: dict[str, Any] | None = None, **load_args: Any
+) -> Iterator[Any]:
     """Load stream after stream from `f` (a socket, a pipe, a file of streams written one
     after another) until it ends cleanly between two streams; `load_args` as for `load`.
     A source that ends inside a stream raises `TruncatedError`."""
-    while True:
-        try:
-            obj = load(f, **load_args)
-        except EndOfStream:
-            return
-        yield obj
+    with _files.source(f, storage_options) as opened:
+        while True:
+            try:
+                obj = load(opened, **load_args)
+            except EndOfStream:
+                return
+            yield obj

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import _format
+from . import _files, _format
 from ._byteio import ByteSource
 from ._errors import ChecksumError, EndOfStream, FormatError, TruncatedError, short_repr
 from ._format import StorageEntry, TensorRef
@@ -35,16 +35,17 @@ class Stream:
 
 
 @contextlib.contextmanager
-def reading(f: Any) -> Iterator[Stream]:
-    """Read one stream from `f` inside the block (the hasher's thread ends with it), with the
-    GC paused except while waiting for data (`_gc`)."""
-    source = ByteSource(f)
-    records = RecordReader(source)
-    try:
-        with gc_paused():
-            yield Stream(source, records)
-    finally:
-        records.close()
+def reading(f: Any, storage_options: dict[str, Any] | None = None) -> Iterator[Stream]:
+    """Read one stream from `f` (a file object, path or URL: `_files`) inside the block (the
+    hasher's thread ends with it), with the GC paused except while waiting for data."""
+    with _files.source(f, storage_options) as opened:
+        source = ByteSource(opened)
+        records = RecordReader(source)
+        try:
+            with gc_paused():
+                yield Stream(source, records)
+        finally:
+            records.close()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import _format, _pickling
+from . import _files, _format, _pickling
 from ._byteio import ByteSink
 from ._errors import UnsupportedError
 from ._gc import gc_paused
@@ -122,8 +122,13 @@ def save(
     f: Any,
     pickle_module: Any = pickle,
     pickle_protocol: int = DEFAULT_PROTOCOL,
+    *,
+    sync: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Write `obj` to the binary file-like object or socket `f` as one stream.
+    """Write `obj` to `f` as one stream: a binary file object or socket, a local path
+    (written atomically: a crash leaves the old file or none; synced unless ``sync=False``),
+    or a URL (fsspec, with `storage_options`).
 
     Same arguments as ``torch.distributed._serialization._streaming_save``; pickle protocols
     0 and 1 are refused (``ValueError``): ``weights_only`` loads do not read them.
@@ -132,8 +137,8 @@ def save(
         raise ValueError(
             f"pickle_protocol {pickle_protocol} is not supported: use 2 (the default) or higher"
         )
-    with gc_paused():  # except while waiting to write (_gc)
-        _save(obj, f, pickle_module, pickle_protocol)
+    with _files.sink(f, sync=sync, storage_options=storage_options) as out, gc_paused():
+        _save(obj, out, pickle_module, pickle_protocol)  # GC: except while waiting to write
 
 
 def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None:
