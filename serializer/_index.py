@@ -10,7 +10,7 @@ import torch
 from . import _format
 from ._build import RecordError, find, located, outline, unpickling
 from ._format import StorageEntry, TensorRef
-from ._read import check_trailer, read_header, reading
+from ._read import check_trailer, read_header, reading, skip_records
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,10 @@ def read_index(
                     ref.kind == _format.PARAMETER,
                 )
             )
-        records = _format.data_length(header.table) - _format.TRAILER_SIZE
-        if not src.skip(records):
-            try:
-                for index, entry in enumerate(header.table):
-                    stream.records.skip_record(entry.nbytes, index)
-            except RecordError as e:
-                raise located(e, header, refs) from None
+        try:
+            skip_records(stream, header, range(len(header.table)))
+        except RecordError as e:
+            raise located(e, header, refs) from None
         check_trailer(src, header)
         pre = header.preamble
         return StreamIndex((pre.major, pre.minor), tensors, header.table, src.offset - start)

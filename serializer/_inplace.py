@@ -17,9 +17,10 @@ from ._build import RecordError, find, located, outline
 from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
-from ._read import Stream, byteswap, check_trailer, read_header, reading
+from ._read import Stream, byteswap, check_trailer, read_header, reading, skip_records
 from ._records import HASH_IN_THREAD
 from ._registry import backend_for, local_tensor
+from ._ring import runs
 
 
 class LoadResult(NamedTuple):
@@ -91,12 +92,13 @@ def load_into(
             raise MismatchError("cannot load in place:\n  " + "\n  ".join(problems) + advice)
         try:
             with torch.no_grad():
-                for index, entry in enumerate(header.table):
-                    users = plan.get(index)
-                    if not users:
-                        stream.records.skip_record(entry.nbytes, index)
+                for wanted, run in runs([index in plan for index in range(len(header.table))]):
+                    if not wanted:
+                        skip_records(stream, header, run)
                         continue
-                    _fill(index, entry, users, stream, header.swapped, atomic)
+                    for index in run:
+                        entry = header.table[index]
+                        _fill(index, entry, plan[index], stream, header.swapped, atomic)
         except RecordError as e:
             raise located(e, header, refs) from None
         check_trailer(stream.bytes, header)

@@ -58,7 +58,9 @@ def load_keys(
     """Load only `keys` of a stream whose object is a mapping (a state dict): its own keys,
     or the dotted keys `read_index` lists (``"model.layer.0.weight"``).
 
-    The data of every other tensor is read past (and verified) without being kept.
+    Only the header and the records of the tensors asked for are read where `f` can seek
+    (a local file, an fsspec file, BytesIO); elsewhere the other records are read past and
+    verified without being kept. Every record read is verified against its checksum.
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
     with reading(f, storage_options) as stream:

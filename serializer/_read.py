@@ -94,6 +94,16 @@ def check_trailer(src: ByteSource, header: Header) -> None:
     _format.check_trailer(src.read(_format.TRAILER_SIZE, "end marker"), len(header.table), offset)
 
 
+def skip_records(stream: Stream, header: Header, indices: range) -> None:
+    """Pass over the records of storages `indices` (consecutive): seek past them where the
+    source can seek (they are then not read, nor verified), else read and verify them."""
+    nbytes = sum(header.table[i].nbytes for i in indices) + _format.CHECKSUM_SIZE * len(indices)
+    if nbytes and stream.bytes.skip(nbytes):
+        return
+    for index in indices:
+        stream.records.skip_record(header.table[index].nbytes, index)
+
+
 def byteswap(data: torch.Tensor, dtype_id: int) -> None:
     """Reverse the bytes of each element of `data` (in place), as the stream's dtype says."""
     unit = _format.swap_unit(dtype_id)
@@ -127,8 +137,7 @@ def read_storages(
     records = stream.records
     for device, run in runs(devices):
         if device is None:
-            for index in run:
-                records.skip_record(header.table[index].nbytes, index)
+            skip_records(stream, header, run)
             continue
         backend = find_backend(device.type)
         assert backend is not None  # resolve_device found it

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
 from ._byteio import tensor_memory
 from ._records import RecordReader, RecordWriter
+
+
+_T = TypeVar("_T")
 
 
 class Staging(Protocol):
@@ -143,8 +146,8 @@ def ring_buffers(config: RingConfig, largest: int, pin: bool) -> list[torch.Tens
     return [torch.empty((chunk,), dtype=torch.uint8, pin_memory=pin) for _ in range(slots)]
 
 
-def runs(devices: Sequence[torch.device | None]) -> Iterator[tuple[torch.device | None, range]]:
-    """Maximal runs of consecutive equal devices, as (device, index range)."""
+def runs(devices: Sequence[_T]) -> Iterator[tuple[_T, range]]:
+    """Maximal runs of consecutive equal items (devices), as (item, index range)."""
     start = 0
     for i in range(1, len(devices) + 1):
         if i == len(devices) or devices[i] != devices[start]:
