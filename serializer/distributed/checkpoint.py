@@ -1,9 +1,11 @@
 """Resharding checkpoints: a `torch.distributed.checkpoint` storage layer in this format.
 
-`SerializerStorageWriter` writes each rank's items as one serializer stream (`__<rank>.srlz`)
-and the coordinator the checkpoint's metadata (`metadata.srlz`), so DCP's planner reshards
-between any placements and world sizes while every byte goes through this format;
-`SerializerStorageReader` loads them with ``weights_only=True``. Part of the
+`SerializerStorageWriter` writes each rank's items as serializer streams (`__<rank>.srlz`, or
+`__<rank>_<k>.srlz` with `thread_count` > 1) and the coordinator the checkpoint's metadata
+(`metadata.srlz`), so DCP's planner reshards between any placements and world sizes while
+every byte goes through this format; `SerializerStorageReader` loads them with
+``weights_only=True``, reading only the records its plan needs where the file can seek.
+Paths are local directories or URLs (fsspec). Part of the
 `serializer.distributed` client package. This module imports `torch.distributed.checkpoint`
 (about half a second), so `serializer.distributed` imports it only when one of its names is
 first used.
@@ -11,12 +13,11 @@ first used.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import io
 import os
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -100,13 +101,43 @@ def _done(value: Any) -> Any:
     return future
 
 
-class SerializerStorageWriter(StorageWriter):
-    """A `torch.distributed.checkpoint` StorageWriter: each rank writes its items as one
-    serializer stream (`__<rank>.srlz`), the coordinator the metadata (`metadata.srlz`)."""
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if "://" in base else os.path.join(base, name)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+
+def _makedirs(path: str, storage_options: dict[str, Any] | None) -> None:
+    if "://" not in path:
+        os.makedirs(path, exist_ok=True)
+        return
+    from fsspec.core import url_to_fs  # URLs need fsspec, as serializer.save does
+
+    fs, root = url_to_fs(path, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+
+
+class SerializerStorageWriter(StorageWriter):
+    """A `torch.distributed.checkpoint` StorageWriter: each rank writes its items as
+    `thread_count` serializer streams (`__<rank>_<k>.srlz`, written in parallel), the
+    coordinator the metadata (`metadata.srlz`). `path` (or DCP's `checkpoint_id`) is a local
+    directory or a URL (fsspec, with `storage_options`); every file is written atomically
+    and, unless ``sync_files=False``, synced (as DCP's `FileSystemWriter`). Picklable, for
+    DCP's process-based async save."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        thread_count: int = 1,
+        sync_files: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
+        if thread_count < 1:
+            raise ValueError(f"thread_count must be at least 1, got {thread_count}")
         self.path = None if path is None else os.fspath(path)
+        self.thread_count = thread_count
+        self.sync_files = sync_files
+        self.storage_options = storage_options
         self.is_coordinator = False
 
     def reset(self, checkpoint_id: Any = None) -> None:
@@ -119,16 +150,20 @@ class SerializerStorageWriter(StorageWriter):
     def prepare_local_plan(self, plan: Any) -> Any:
         if self.path is None:
             raise ValueError("SerializerStorageWriter needs a path (or a checkpoint_id)")
-        os.makedirs(self.path, exist_ok=True)
+        _makedirs(self.path, self.storage_options)
         return plan
 
     def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
-        return [dataclasses.replace(p, storage_data=f"__{i}.srlz") for i, p in enumerate(plans)]
+        return [dataclasses.replace(p, storage_data=f"__{i}") for i, p in enumerate(plans)]
+
+    def _name(self, prefix: str, k: int) -> str:
+        if prefix.endswith(".srlz"):  # a plan from before thread_count (one file)
+            return prefix
+        return f"{prefix}.srlz" if self.thread_count == 1 else f"{prefix}_{k}.srlz"
 
     def write_data(self, plan: Any, planner: Any) -> Any:
         assert self.path is not None
-        name = plan.storage_data
-        entries: dict[str, torch.Tensor] = {}
+        files: list[dict[str, torch.Tensor]] = [{} for _ in range(self.thread_count)]
         results = []
         for i, item in enumerate(plan.items):
             data = planner.resolve_data(item)
@@ -142,34 +177,52 @@ class SerializerStorageWriter(StorageWriter):
                 )
             else:
                 tensor = _compact(data)
-            entries[key] = tensor
+            k = i % self.thread_count
+            files[k][key] = tensor
             results.append(
                 WriteResult(
                     index=item.index,
                     size_in_bytes=tensor.numel() * tensor.element_size(),
-                    storage_data=(name, key),
+                    storage_data=(self._name(plan.storage_data, k), key),
                 )
             )
-        _write_atomic(os.path.join(self.path, name), entries)
+        jobs = [(self._name(plan.storage_data, k), entries) for k, entries in enumerate(files)]
+        if self.thread_count == 1:
+            self._write(*jobs[0])
+        else:
+            with ThreadPoolExecutor(self.thread_count) as pool:
+                for done in [pool.submit(self._write, name, entries) for name, entries in jobs]:
+                    done.result()
         return _done(results)
 
-    def finish(self, metadata: Any, results: list[list[Any]]) -> None:
+    def _write(self, name: str, obj: Any) -> None:
         assert self.path is not None
+        serializer.save(
+            obj, _join(self.path, name), sync=self.sync_files, storage_options=self.storage_options
+        )
+
+    def finish(self, metadata: Any, results: list[list[Any]]) -> None:
         metadata.storage_data = {r.index: r.storage_data for rs in results for r in rs}
-        _write_atomic(os.path.join(self.path, METADATA_FILE), metadata)
+        self._write(METADATA_FILE, metadata)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-        return isinstance(checkpoint_id, (str, os.PathLike)) and "://" not in str(checkpoint_id)
+        return isinstance(checkpoint_id, (str, os.PathLike))
 
 class SerializerStorageReader(StorageReader):
     """A `torch.distributed.checkpoint` StorageReader for what `SerializerStorageWriter`
     wrote: everything is loaded with ``weights_only=True``, each file with
     `serializer.load_keys` (only what this rank's plan reads is kept)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.path = None if path is None else os.fspath(path)
+        self.storage_options = storage_options
         self.storage_data: dict[Any, Any] = {}
 
     def reset(self, checkpoint_id: Any = None) -> None:
@@ -180,9 +233,10 @@ class SerializerStorageReader(StorageReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         if self.path is None:
             raise ValueError("SerializerStorageReader needs a path (or a checkpoint_id)")
-        with open(os.path.join(self.path, METADATA_FILE), "rb") as f:
-            with serializer.safe_globals(_metadata_globals()):
-                metadata = serializer.load(f)
+        with serializer.safe_globals(_metadata_globals()):
+            metadata = serializer.load(
+                _join(self.path, METADATA_FILE), storage_options=self.storage_options
+            )
         if not isinstance(metadata, Metadata):
             raise FormatError(f"{METADATA_FILE} holds a {type(metadata).__name__}")
         return metadata
@@ -212,8 +266,12 @@ class SerializerStorageReader(StorageReader):
                 raise FormatError(f"no stored item for {req.storage_index} in the metadata")
             by_file.setdefault(entry[0], []).append((entry[1], req))
         for name, reqs in by_file.items():
-            with open(os.path.join(self.path, name), "rb") as f:
-                stored = serializer.load_keys(f, {key for key, _ in reqs}, map_location="cpu")
+            stored = serializer.load_keys(  # reads only the records of these keys
+                _join(self.path, name),
+                {key for key, _ in reqs},
+                map_location="cpu",
+                storage_options=self.storage_options,
+            )
             for key, req in reqs:
                 data = stored[key]
                 if req.type == LoadItemType.BYTE_IO:
@@ -233,20 +291,7 @@ class SerializerStorageReader(StorageReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-        return isinstance(checkpoint_id, (str, os.PathLike)) and os.path.isfile(
-            os.path.join(os.fspath(checkpoint_id), METADATA_FILE)
-        )
-
-
-def _write_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            serializer.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        if not isinstance(checkpoint_id, (str, os.PathLike)):
+            return False
+        path = os.fspath(checkpoint_id)
+        return "://" in path or os.path.isfile(os.path.join(path, METADATA_FILE))

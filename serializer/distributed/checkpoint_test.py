@@ -106,6 +106,101 @@ def test_pickled_storage_layer_saves_and_loads(gloo_mesh, tmp_path: Path) -> Non
     assert dest["step"] == 3
 
 
+def _one_rank_state(mesh: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    sd = {
+        "w": distribute_tensor(matrix(), mesh, [Shard(0)]),
+        "b": torch.arange(4.0),
+        "c": torch.ones(3, dtype=torch.int64),
+        "step": 7,
+    }
+    dest = {
+        "w": distribute_tensor(torch.zeros(4, 6), mesh, [Replicate()]),
+        "b": torch.zeros(4),
+        "c": torch.zeros(3, dtype=torch.int64),
+        "step": 0,
+    }
+    return sd, dest
+
+
+def _check(dest: dict[str, Any], sd: dict[str, Any]) -> None:
+    assert torch.equal(dest["w"].to_local(), matrix())
+    assert torch.equal(dest["b"], sd["b"]) and torch.equal(dest["c"], sd["c"])
+    assert dest["step"] == 7
+
+
+def test_parallel_writes_with_thread_count(gloo_mesh, tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    _needs_dcp()
+    sd, dest = _one_rank_state(gloo_mesh)
+    dcp.save(sd, storage_writer=sdist.SerializerStorageWriter(tmp_path, thread_count=3))
+    assert sorted(os.listdir(tmp_path)) == [
+        "__0_0.srlz", "__0_1.srlz", "__0_2.srlz", "metadata.srlz"
+    ]  # fmt: skip
+    dcp.load(dest, storage_reader=sdist.SerializerStorageReader(tmp_path))
+    _check(dest, sd)
+
+
+def test_a_url_checkpoint_goes_through_fsspec(gloo_mesh) -> None:
+    """checkpoint_id="s3://bucket/ckpt" wrote to a local folder named "s3:" before."""
+    import torch.distributed.checkpoint as dcp
+
+    fsspec = pytest.importorskip("fsspec")
+    _needs_dcp()
+    url = f"memory://dcp-{os.getpid()}/ckpt"
+    sd, dest = _one_rank_state(gloo_mesh)
+    dcp.save(sd, storage_writer=sdist.SerializerStorageWriter(), checkpoint_id=url)
+    memory = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[1] for p in memory.ls(url, detail=False)) == [
+        "__0.srlz", "metadata.srlz"
+    ]  # fmt: skip
+    assert not os.path.exists("memory:")
+    dcp.load(dest, storage_reader=sdist.SerializerStorageReader(), checkpoint_id=url)
+    _check(dest, sd)
+    memory.rm(url, recursive=True)
+
+
+def test_async_save(gloo_mesh, tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    _needs_dcp()
+    if not hasattr(dcp, "async_save"):
+        pytest.skip("this torch has no dcp.async_save")
+    sd, dest = _one_rank_state(gloo_mesh)
+    future = dcp.async_save(sd, storage_writer=sdist.SerializerStorageWriter(tmp_path))
+    future.result(timeout=60)
+    dcp.load(dest, storage_reader=sdist.SerializerStorageReader(tmp_path))
+    _check(dest, sd)
+
+
+def process_async_save(path: Path) -> dict[str, Any]:
+    """Run by one spawned rank: dcp.async_save in torch's background checkpoint process,
+    which receives the (pickled) storage writer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+    sd = {"b": torch.arange(4.0), "step": 3}
+    writer = sdist.SerializerStorageWriter(path)
+    future = dcp.async_save(
+        sd, storage_writer=writer, async_checkpointer_type=AsyncCheckpointerType.PROCESS
+    )
+    future.result(timeout=120)
+    dest = {"b": torch.zeros(4), "step": 0}
+    dcp.load(dest, storage_reader=sdist.SerializerStorageReader(path))
+    return {"b": dest["b"].tolist(), "step": dest["step"], "files": sorted(os.listdir(path))}
+
+
+def test_async_save_in_a_background_process(tmp_path: Path) -> None:
+    try:
+        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+    except ImportError:
+        pytest.skip("this torch has no process-based async checkpointing")
+    if not hasattr(AsyncCheckpointerType, "PROCESS"):
+        pytest.skip("this torch has no process-based async checkpointing")
+    (result,) = run_ranks(1, process_async_save, tmp_path)
+    assert result == {"b": [0.0, 1.0, 2.0, 3.0], "step": 3, "files": ["__0.srlz", "metadata.srlz"]}
+
+
 # ---------------------------------------------------------------------------- many ranks
 
 
