@@ -31,9 +31,10 @@ SWEEP = [
 CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
 # numpy: torch's object collectives (DCP plans in the distributed tests) call .numpy().
 # fsspec: URLs (the optional extra `fsspec`), tested with its memory:// file system.
+# safetensors: serializer.open is tested side by side with its safe_open.
 TEST_DEPS = [
     "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
-    "fsspec>=2023.1",
+    "fsspec>=2023.1", "safetensors>=0.4",
 ]  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from ._format import MAJOR, MINOR, StorageEntry, TensorRef
 from ._index import StreamIndex, TensorEntry, read_index
 from ._inplace import LoadResult, load_into
 from ._load import iter_load, load, load_keys
+from ._open import StreamFile, open
 from ._registry import TensorCodec, register_codec
 from ._ring import configure_staging
 from ._save import DEFAULT_PROTOCOL, save
@@ -41,6 +42,7 @@ __all__ = [
     "MismatchError",
     "SerializerError",
     "StorageEntry",
+    "StreamFile",
     "StreamIndex",
     "TensorCodec",
     "TensorEntry",
@@ -57,6 +59,7 @@ __all__ = [
     "load",
     "load_into",
     "load_keys",
+    "open",
     "read_index",
     "register_codec",
     "safe_globals",

@@ -10,7 +10,7 @@ import torch
 from . import _format
 from ._build import RecordError, find, located, outline, unpickling
 from ._format import StorageEntry, TensorRef
-from ._read import check_trailer, read_header, reading, skip_records
+from ._read import Header, check_trailer, read_header, reading, skip_records
 
 
 @dataclass(frozen=True)
@@ -66,30 +66,40 @@ def read_index(
         start = src.offset
         header = read_header(src)
         refs = find(outline(header, weights_only, pickle_module, {}), TensorRef)
-        tensors = []
-        for key, ref in refs:
-            dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
-            numel = 1
-            for n in ref.shape:
-                numel *= n
-            tensors.append(
-                TensorEntry(
-                    key,
-                    dtype,
-                    ref.shape,
-                    ref.stride,
-                    ref.offset,
-                    ref.storage,
-                    numel * _format.ITEMSIZE_BY_ID[ref.dtype_id],
-                    header.table[ref.storage].location,
-                    ref.requires_grad,
-                    ref.kind == _format.PARAMETER,
-                )
-            )
+        tensors_of(header, refs)  # a dtype this torch lacks fails before the records are read
         try:
             skip_records(stream, header, range(len(header.table)))
         except RecordError as e:
             raise located(e, header, refs) from None
         check_trailer(src, header)
-        pre = header.preamble
-        return StreamIndex((pre.major, pre.minor), tensors, header.table, src.offset - start)
+        return index_of(header, refs, src.offset - start)
+
+
+def tensors_of(header: Header, refs: list[tuple[str, TensorRef]]) -> list[TensorEntry]:
+    tensors = []
+    for key, ref in refs:
+        dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {key!r}")
+        numel = 1
+        for n in ref.shape:
+            numel *= n
+        tensors.append(
+            TensorEntry(
+                key,
+                dtype,
+                ref.shape,
+                ref.stride,
+                ref.offset,
+                ref.storage,
+                numel * _format.ITEMSIZE_BY_ID[ref.dtype_id],
+                header.table[ref.storage].location,
+                ref.requires_grad,
+                ref.kind == _format.PARAMETER,
+            )
+        )
+    return tensors
+
+
+def index_of(header: Header, refs: list[tuple[str, TensorRef]], nbytes: int) -> StreamIndex:
+    """The index of a stream of `nbytes` bytes with this header and outline."""
+    pre = header.preamble
+    return StreamIndex((pre.major, pre.minor), tensors_of(header, refs), header.table, nbytes)
