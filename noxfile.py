@@ -32,9 +32,10 @@ CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
 # numpy: torch's object collectives (DCP plans in the distributed tests) call .numpy().
 # fsspec: URLs (the optional extra `fsspec`), tested with its memory:// file system.
 # safetensors: serializer.open is tested side by side with its safe_open.
+# moto[server], s3fs: a real S3 API server on 127.0.0.1 for the object-store tests.
 TEST_DEPS = [
     "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
-    "fsspec>=2023.1", "safetensors>=0.4",
+    "fsspec>=2023.1", "safetensors>=0.4", "moto[server]>=5", "s3fs",
 ]  # fmt: skip
 
 

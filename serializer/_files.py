@@ -71,10 +71,13 @@ def sink(
             yield opened
         except BaseException:
             discard = getattr(opened, "discard", None)
-            if discard is not None:
-                discard()
-            else:
+            if discard is None:
                 opened.close()
+                raise
+            discard()
+            # fsspec's discard leaves the file open: closed, its finalizer uploads nothing.
+            with contextlib.suppress(AttributeError):
+                opened.closed = True
             raise
         opened.close()
     else:
