@@ -21,7 +21,6 @@ import torch
 from ._byteio import tensor_memory
 from ._records import RecordReader, RecordWriter
 
-
 _T = TypeVar("_T")
 
 
