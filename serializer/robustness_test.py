@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import random
+import re
 import shlex
 
 import pytest
@@ -52,35 +53,77 @@ def test_truncation_names_the_record_and_counts() -> None:
         serializer.load(io.BytesIO(data[:cut]))
 
 
+def _flip_outcome(data: bytes, offset: int) -> tuple[type[Exception], str | None, int | None]:
+    """The error a flip at `offset` must raise, in the order docs/FORMAT.md has the reader
+    check: (error type, the part it names, the storage it names)."""
+    index = serializer.read_index(io.BytesIO(data))
+    trailer = len(data) - _format.TRAILER_SIZE
+    pos = trailer - sum(s.nbytes + _format.CHECKSUM_SIZE for s in index.storages)
+    if offset < len(_format.MAGIC):
+        return serializer.FormatError, None, None  # checked before the preamble's checksum
+    if offset < _format.PREAMBLE_SIZE:
+        return serializer.ChecksumError, "preamble", None
+    if offset < pos:
+        return serializer.ChecksumError, "header", None
+    for i, s in enumerate(index.storages):
+        pos += s.nbytes + _format.CHECKSUM_SIZE
+        if offset < pos:  # its payload or its checksum
+            return serializer.ChecksumError, f"storage {i}", i
+    if offset < trailer + len(_format.END_MAGIC):  # the end marker's magic, checked first
+        return serializer.FormatError, None, None
+    return serializer.ChecksumError, "end marker", None
+
+
 def test_bit_flip_at_every_offset_raises_or_loads_identically() -> None:
-    obj, data = _small_stream()
-    flipped_loads = 0
+    # Every byte is covered by a checksum, so no flip may load at all; and each raises the
+    # error of the part it hit, naming that part (a flipped record names its storage).
+    _, data = _small_stream()
     for offset in range(len(data)):
+        kind, what, storage = _flip_outcome(data, offset)
         for bit in (0, 5):
             bad = bytearray(data)
             bad[offset] ^= 1 << bit
-            try:
-                loaded = serializer.load(io.BytesIO(bytes(bad)))
-            except serializer.SerializerError:
-                continue
-            flipped_loads += 1
-            assert_same(loaded, obj)
-    # Every byte is covered by a checksum, so no flip may load at all.
-    assert flipped_loads == 0
+            with pytest.raises(serializer.SerializerError) as info:
+                serializer.load(io.BytesIO(bytes(bad)))
+            e = info.value
+            assert type(e) is kind, f"flip at {offset}, bit {bit}: {e!r}"
+            if isinstance(e, serializer.ChecksumError):
+                assert (e.what, e.storage) == (what, storage), f"flip at {offset}: {e!r}"
 
 
 def test_checksum_error_names_the_storage() -> None:
     _, data = _small_stream()
     bad = bytearray(data)
-    bad[-_format.TRAILER_SIZE - 8 - 1] ^= 0x10  # last payload byte of the last storage
-    with pytest.raises(serializer.ChecksumError, match=r"storage \d .*used by 'b'"):
+    # The last payload byte of b (storage 1): after it come b's checksum and the record of z
+    # (storage 2, empty: a checksum only), then the trailer.
+    bad[-_format.TRAILER_SIZE - 8 - 8 - 1] ^= 0x10
+    with pytest.raises(
+        serializer.ChecksumError, match=r"storage 1 \(10 bytes, used by 'b'\)"
+    ) as info:
+        serializer.load(io.BytesIO(bytes(bad)))
+    assert (info.value.storage, info.value.keys) == (1, ("b",))
+    # Its checksum flipped instead is the same storage's error.
+    bad = bytearray(data)
+    bad[-_format.TRAILER_SIZE - 8 - 1] ^= 0x10
+    with pytest.raises(serializer.ChecksumError, match=r"storage 1 \(10 bytes, used by 'b'\)"):
         serializer.load(io.BytesIO(bytes(bad)))
 
 
 def test_garbage_and_unknown_magic() -> None:
-    for junk in (b"", b"x", b"PK\x03\x04" + bytes(60), os.urandom(200), b"\x89SRLZ\r\n\x1a"):
-        with pytest.raises(serializer.SerializerError):
+    rng = random.Random(0)
+    noise = rng.randbytes(200)
+    assert noise[0] not in (0x80, 0x89)  # neither torch's first byte nor ours
+    for junk in (b"x" * 48, b"PK\x03\x04" + bytes(60), noise):
+        with pytest.raises(serializer.FormatError, match="not a serializer stream") as info:
             serializer.load(io.BytesIO(junk))
+        assert type(info.value) is serializer.FormatError
+    # Nothing at all is no stream (a clean end). Fewer bytes than a preamble are a truncation
+    # whatever they hold: the reader reads all 48 before it checks the magic (FORMAT.md).
+    with pytest.raises(serializer.EndOfStream):
+        serializer.load(io.BytesIO(b""))
+    for short in (b"x", b"\x89SRLZ\r\n\x1a"):
+        with pytest.raises(serializer.TruncatedError, match="in preamble"):
+            serializer.load(io.BytesIO(short))
 
 
 @pytest.mark.parametrize("weights_only", [True, False])
@@ -128,31 +171,38 @@ def test_well_formed_forgery_loads() -> None:
     assert out["t"].view(torch.uint8).tolist() == list(range(8))
 
 
+_PAST_END = "reaches past the 8 bytes of storage 0"
+
+
 @pytest.mark.parametrize(
-    "pid,entry",
+    "pid,entry,reason",
     [
-        ("nope", forge.tensor_entry()),  # a persistent id that is not an index
-        (1, forge.tensor_entry()),  # tensor index out of range
-        (-1, forge.tensor_entry()),
-        (0, forge.tensor_entry(storage=5)),  # storage out of range
-        (0, forge.tensor_entry(shape=(100,))),  # past the storage's end
-        (0, forge.tensor_entry(offset=1)),  # offset pushes past the end
-        (0, forge.tensor_entry(dtype_id=6)),  # itemsize differs from the storage's
-        (0, forge.tensor_entry(dtype_id=999)),  # unknown dtype
-        (0, forge.tensor_entry(kind=7)),  # unknown kind
-        (0, forge.tensor_entry(flags=0x40)),  # unknown flags
-        (0, forge.tensor_entry(shape=(2, 1), stride=(1,), ndim=2)),  # shorter than its ndim
-        (0, forge.tensor_entry(ndim=100)),  # ndim over the limit
-        (0, forge.tensor_entry() + b"xx"),  # bytes after the last entry
-        (0, forge.tensor_entry(shape=(1 << 62,), stride=(1 << 62,))),  # overflowing extent
+        ("nope", forge.tensor_entry(), "names tensor 'nope' of 1"),  # not an index
+        (1, forge.tensor_entry(), "names tensor 1 of 1"),  # tensor index out of range
+        (-1, forge.tensor_entry(), "names tensor -1 of 1"),
+        (0, forge.tensor_entry(storage=5), "names storage 5 of 1"),  # storage out of range
+        (0, forge.tensor_entry(shape=(100,)), _PAST_END),  # past the storage's end
+        (0, forge.tensor_entry(offset=1), "offset 1 " + _PAST_END),  # offset pushes past
+        # itemsize (int64's 8) differs from the storage's (float32's 4)
+        (0, forge.tensor_entry(dtype_id=6), "dtype int64 views storage 0 of dtype float32"),
+        (0, forge.tensor_entry(dtype_id=999), "unknown dtype id 999"),
+        (0, forge.tensor_entry(kind=7), "unknown kind 7"),
+        (0, forge.tensor_entry(flags=0x40), "flags 64"),
+        # shorter than its ndim
+        (0, forge.tensor_entry(shape=(2, 1), stride=(1,), ndim=2), "ends inside tensor 0"),
+        (0, forge.tensor_entry(ndim=100), "100 dimensions"),  # ndim over the limit
+        (0, forge.tensor_entry() + b"xx", "2 bytes after its last entry"),
+        # overflowing extent
+        (0, forge.tensor_entry(shape=(1 << 62,), stride=(1 << 62,)), _PAST_END),
     ],
 )
-def test_hostile_tensor_entries(pid, entry) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_tensor_entries(pid, entry, reason: str) -> None:  # type: ignore[no-untyped-def]
     stream = forge.stream(
         [(_F32_STORAGE, bytes(8))], [entry], forge.skeleton({"t": forge.Ref(pid)})
     )
-    with pytest.raises(serializer.FormatError):
+    with pytest.raises(serializer.FormatError, match=re.escape(reason)) as info:
         serializer.load(io.BytesIO(stream))
+    assert type(info.value) is serializer.FormatError  # neither a checksum nor a truncation
 
 
 def test_requires_grad_on_integers_is_a_format_error() -> None:
@@ -161,8 +211,15 @@ def test_requires_grad_on_integers_is_a_format_error() -> None:
         [forge.tensor_entry(dtype_id=6, flags=forge.FLAG_REQUIRES_GRAD, shape=(1,))],
         forge.skeleton({"t": forge.Ref(0)}),
     )
-    with pytest.raises(serializer.FormatError):
+    with pytest.raises(serializer.FormatError, match="floating point dtype can require grad"):
         serializer.load(io.BytesIO(stream))
+    # The same entry without the flag loads (so the flag is what is refused).
+    plain = forge.stream(
+        [(forge.storage_entry(8, 6), bytes(8))],
+        [forge.tensor_entry(dtype_id=6, shape=(1,))],
+        forge.skeleton({"t": forge.Ref(0)}),
+    )
+    assert serializer.load(io.BytesIO(plain))["t"].tolist() == [0]
 
 
 @pytest.mark.parametrize(
@@ -170,8 +227,9 @@ def test_requires_grad_on_integers_is_a_format_error() -> None:
     [b"", b"\x80\x02", b"garbage", b"\x80\x02]q\x00(K\x01" * 3, pickle.dumps(1)[:-1] + b"X"],
 )
 def test_malformed_skeletons(skeleton: bytes) -> None:
-    with pytest.raises(serializer.FormatError):
+    with pytest.raises(serializer.FormatError, match="^skeleton ") as info:
         serializer.load(io.BytesIO(forge.stream([], [], skeleton)))
+    assert type(info.value) is serializer.FormatError
 
 
 def test_hostile_header_limits() -> None:
@@ -210,13 +268,24 @@ def test_newer_minor_version_loads() -> None:
 
 
 def test_hostile_table_entries() -> None:
-    # (nbytes, dtype id, device type id, device index[, reserved])
-    for entry in [(8, 999, 0, -1), (8, 9, 77, -1), (7, 9, 0, -1), (8, 9, 0, -5), (8, 9, 0, -1, 1)]:
+    # (nbytes, dtype id, device type id, device index[, reserved]), and why it is refused
+    for entry, reason in [
+        ((8, 999, 0, -1), "unknown dtype id 999"),
+        ((8, 9, 77, -1), "unknown device type id 77"),
+        ((7, 9, 0, -1), "7 bytes, not a whole number of float32 elements"),
+        ((8, 9, 0, -5), "malformed table entry"),  # a device index below -1
+        ((8, 9, 0, -1, 1), "malformed table entry"),  # a reserved field not zero
+        ((8, 9, 0, -1), None),  # the same, well formed: it loads
+    ]:
         stream = forge.stream(
             [(forge.storage_entry(*entry), bytes(entry[0]))], [], pickle.dumps({}, 2)
         )
-        with pytest.raises(serializer.FormatError):
+        if reason is None:
+            assert serializer.load(io.BytesIO(stream)) == {}
+            continue
+        with pytest.raises(serializer.FormatError, match=f"storage 0 .*{reason}") as info:
             serializer.load(io.BytesIO(stream))
+        assert type(info.value) is serializer.FormatError
 
 
 def test_deeply_nested_skeleton_does_not_crash() -> None:
