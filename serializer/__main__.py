@@ -1,17 +1,9 @@
-"""Command line: ``python -m serializer demo`` (see serializer/demo.py)."""
+"""``python -m serializer``: the command line (see serializer/cli/__init__.py), e.g.
+``python -m serializer demo`` or ``python -m serializer inspect model.srlz``."""
 
 from __future__ import annotations
 
-import sys
-
-
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "demo":
-        raise SystemExit("usage: python -m serializer demo [--layers N] [--width N] [--help]")
-    from .demo import main as demo
-
-    demo(sys.argv[2:])
-
+from serializer.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -143,13 +143,13 @@ def lib_load(lib: str, f: Any, shapes: list[int]) -> Any:
 
 
 def _rss() -> int:
-    from serializer.demo import rss
+    from serializer.cli.demo import rss
 
     return rss()
 
 
 def _peak() -> int:
-    from serializer.demo import peak_rss
+    from serializer.cli.demo import peak_rss
 
     return peak_rss()
 

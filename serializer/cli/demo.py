@@ -1,13 +1,14 @@
 """The main job: stream a real model's state dict over a loopback socket to another process.
 
-    python -m serializer demo [--layers 8] [--width 1024]
+    python -m serializer demo [--layers 8] [--width 1024] [--quiet]
 
 A sender process builds a deterministic `torch.nn.TransformerEncoder` (8 layers of width 1024:
 about 400 MB of float32) and sends its state dict over TCP on 127.0.0.1; a receiver process
 builds the same architecture with different weights, loads the stream in place into it,
 and verifies every tensor bit for bit against the sender's weights. The same transfer is
 then made with torch's `_streaming_save`/`_streaming_load` and with `torch.save`/`torch.load`
-(each pair in fresh processes), and the three are printed side by side.
+(each pair in fresh processes), and the three are printed side by side. The receiver shows
+its progress on stderr: a tqdm bar on a terminal, plain lines otherwise, none with --quiet.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 import serializer
+from serializer.cli import progress
 
 METHODS = {
     "serializer": "serializer.save / serializer.load_into",
@@ -62,38 +64,7 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-class _Progress(io.RawIOBase):
-    """A socket reader that draws a progress bar on stderr."""
-
-    def __init__(self, sock: socket.socket, total: int, label: str) -> None:
-        self._sock = sock
-        self._total = total
-        self._label = label
-        self._done = 0
-        self._last = 0.0
-        self._start = time.perf_counter()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self._sock.recv_into(b)
-        self._done += n
-        now = time.perf_counter()
-        if now - self._last > 0.1 or self._done >= self._total:
-            self._last = now
-            frac = min(1.0, self._done / self._total)
-            bar = "#" * int(frac * 30)
-            rate = self._done / max(now - self._start, 1e-9) / 1e9
-            sys.stderr.write(
-                f"\r  {self._label:12} [{bar:<30}] {frac:4.0%} {self._done / 1e6:7.0f} MB "
-                f"{rate:5.2f} GB/s"
-            )
-            sys.stderr.flush()
-        return n
-
-
-def receive(method: str, layers: int, width: int, total: int, progress: bool) -> dict[str, Any]:
+def receive(method: str, layers: int, width: int, total: int, show: bool) -> dict[str, Any]:
     model = build_model(layers, width, seed=1)  # different weights, to be overwritten
     dest = model.state_dict()
     server = socket.create_server(("127.0.0.1", 0))
@@ -103,8 +74,11 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
     start = time.perf_counter()
     with conn:
         if method == "serializer":
-            reader: Any = _Progress(conn, total, method) if progress else conn
-            serializer.load_into(dest, reader)
+            if show:
+                with progress.make(f"  {method}", total) as bar:
+                    serializer.load_into(dest, progress.Reader(conn, bar))
+            else:
+                serializer.load_into(dest, conn)
         elif method == "torch_stream":
             from torch.distributed._serialization import _streaming_load
 
@@ -115,8 +89,6 @@ def receive(method: str, layers: int, width: int, total: int, progress: bool) ->
             model.load_state_dict(torch.load(data))
     elapsed = time.perf_counter() - start
     growth = peak_rss() - before
-    if progress:
-        sys.stderr.write("\n")
     expected = build_model(layers, width, seed=0).state_dict()
     actual = model.state_dict()
     bad = [
@@ -147,7 +119,7 @@ def send(method: str, layers: int, width: int, port: int) -> dict[str, Any]:
 
 def _run_pair(method: str, args: argparse.Namespace, total: int) -> dict[str, Any]:
     base = [sys.executable, "-m", "serializer", "demo", "--layers", str(args.layers),
-            "--width", str(args.width)]  # fmt: skip
+            "--width", str(args.width), *(["--quiet"] if args.quiet else [])]  # fmt: skip
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -171,9 +143,8 @@ def _run_pair(method: str, args: argparse.Namespace, total: int) -> dict[str, An
     return result
 
 
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m serializer demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (also those of `serializer demo`)."""
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -181,18 +152,31 @@ def main(argv: list[str]) -> None:
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--total", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m serializer demo ARGS`` with its own parser (`serializer.cli` is the usual
+    way in)."""
+    p = argparse.ArgumentParser(prog="python -m serializer demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
 
     if args.role == "receive":
         result = receive(
-            args.method, args.layers, args.width, args.total, args.method == "serializer"
-        )
+            args.method, args.layers, args.width, args.total,
+            args.method == "serializer" and not args.quiet,
+        )  # fmt: skip
         print(json.dumps(result), flush=True)
-        return
+        return 0
     if args.role == "send":
         print(json.dumps(send(args.method, args.layers, args.width, args.port)), flush=True)
-        return
+        return 0
 
     sd = build_model(args.layers, args.width, seed=0).state_dict()
     total = sum(t.numel() * t.element_size() for t in sd.values())
@@ -231,3 +215,4 @@ def main(argv: list[str]) -> None:
     if any(r["mismatched"] for r in results.values()):
         raise SystemExit("verification FAILED")
     print("verified: every tensor arrived bit for bit")
+    return 0
