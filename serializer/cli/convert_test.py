@@ -23,6 +23,9 @@ import torch
 
 import serializer
 
+# Slow (every conversion as a subprocess): the full suite runs it, the CI torch sweep does not.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(serializer.__file__)))
 FORMATS = ["srlz", "pt", "torch-stream", "safetensors", "dcp"]
 NAMES = {

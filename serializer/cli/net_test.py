@@ -16,6 +16,9 @@ import serializer
 from serializer.cli.errors import CliError
 from serializer.cli.net import parse_address
 
+# Slow (sender and receiver subprocesses): the full suite runs it, the CI torch sweep does not.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(serializer.__file__)))
 TIMEOUT = 300
 
