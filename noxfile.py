@@ -33,9 +33,10 @@ CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
 # fsspec: URLs (the optional extra `fsspec`), tested with its memory:// file system.
 # safetensors: serializer.open is tested side by side with its safe_open.
 # moto[server], s3fs: a real S3 API server on 127.0.0.1 for the object-store tests.
+# tqdm: the command line's progress bars.
 TEST_DEPS = [
     "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
-    "fsspec>=2023.1", "safetensors>=0.4", "moto[server]>=5", "s3fs",
+    "fsspec>=2023.1", "safetensors>=0.4", "moto[server]>=5", "s3fs", "tqdm>=4.60",
 ]  # fmt: skip
 
 
@@ -58,11 +59,11 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *pytest_args(session))
 
 
-def _sweep(session: nox.Session, torch_version: str) -> None:
+def _sweep(session: nox.Session, torch_version: str, *marks: str) -> None:
     install_torch(session, torch_version)
     session.install("-e", ".", *TEST_DEPS)
     session.run("python", "-c", "import torch; print('torch', torch.__version__)")
-    session.run("python", "-m", "pytest", *pytest_args(session))
+    session.run("python", "-m", "pytest", *marks, *pytest_args(session))
 
 
 @nox.session(python=PYTHON)
@@ -75,8 +76,9 @@ def sweep(session: nox.Session, torch_version: str) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("torch_version", CI_SWEEP, ids=CI_SWEEP)
 def sweep_ci(session: nox.Session, torch_version: str) -> None:
-    """The CI subset of the sweep: the oldest, the local and the newest torch."""
-    _sweep(session, torch_version)
+    """The CI subset of the sweep: the oldest, the local and the newest torch, without the
+    tests marked slow (subprocess-heavy; `tests` and `sweep` run them)."""
+    _sweep(session, torch_version, "-m", "not slow")
 
 
 @nox.session(python=PYTHON)
@@ -130,6 +132,15 @@ def bench(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".", "safetensors", "psutil", "numpy")
     session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the readers with atheris (docs/SECURITY.md#fuzzing), e.g.
+    `nox -s fuzz -- --seconds 600`, `-- --seconds 120 --target load_into`, `-- --replay FILE`."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", "xxhash>=3", "atheris")
+    session.run("python", "-m", "tools.fuzz", *session.posargs)
 
 
 @nox.session(python=False)
