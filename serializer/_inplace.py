@@ -17,7 +17,15 @@ from ._build import RecordError, find, located, outline
 from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
-from ._read import Stream, byteswap, check_trailer, read_header, reading, skip_records
+from ._read import (
+    Stream,
+    allocate,
+    byteswap,
+    check_trailer,
+    read_header,
+    reading,
+    skip_records,
+)
 from ._records import HASH_IN_THREAD
 from ._registry import backend_for, local_tensor
 from ._ring import runs
@@ -176,7 +184,7 @@ def _fill(
     else:
         device = users[0][1].device
         backend = backend_for(device.type)
-        data = backend.empty(entry.nbytes, device)
+        data = allocate(backend, entry.nbytes, device, index)
         backend.read_many([(data, index)], stream.records)
         base, base_offset = data.untyped_storage(), 0
     if swap:

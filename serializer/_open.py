@@ -22,7 +22,7 @@ from ._errors import MismatchError, UnsupportedError
 from ._format import TensorRef
 from ._index import StreamIndex, index_of
 from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
-from ._read import Header, byteswap, read_header
+from ._read import Header, allocate, byteswap, read_header
 from ._records import RecordReader
 from ._registry import as_bytes, find_backend
 
@@ -117,7 +117,7 @@ class StreamFile:
         self._seek(self._record_at[index], entry.nbytes + _format.CHECKSUM_SIZE)
         cpu = find_backend("cpu")
         assert cpu is not None
-        data = cpu.empty(entry.nbytes, torch.device("cpu"))
+        data = allocate(cpu, entry.nbytes, torch.device("cpu"), index)
         cpu.read_many([(data, index)], self._records)
         if self._header.swapped:
             byteswap(data, entry.dtype_id)

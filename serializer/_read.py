@@ -144,7 +144,7 @@ def read_storages(
         for batch in range(run.start, run.stop, _READ_BATCH):  # bounded bookkeeping
             jobs = []
             for index in range(batch, min(batch + _READ_BATCH, run.stop)):
-                data = _allocate(backend, header.table[index].nbytes, device, index)
+                data = allocate(backend, header.table[index].nbytes, device, index)
                 datas[index] = data
                 jobs.append((data, index))
             backend.read_many(jobs, records)
@@ -161,7 +161,7 @@ def read_storages(
     return datas
 
 
-def _allocate(backend: Backend, nbytes: int, device: torch.device, index: int) -> torch.Tensor:
+def allocate(backend: Backend, nbytes: int, device: torch.device, index: int) -> torch.Tensor:
     """Memory for storage `index`. Untouched pages cost nothing until its record's bytes
     arrive; a size no allocator can give is the stream's error."""
     try:
