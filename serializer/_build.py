@@ -31,6 +31,16 @@ def unpickling(pickle_module: Any, weights_only: bool | None) -> tuple[Any, bool
     return (pickle if pickle_module is None else pickle_module), False
 
 
+def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a tensor of `shape` and `stride` lies in row-major order without gaps."""
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
 def rebuild(ref: TensorRef, data: torch.Tensor | None) -> torch.Tensor:
     """The tensor `ref` describes, as a view of its storage's bytes `data`."""
     dtype = _format.DTYPE_BY_ID.get(ref.dtype_id)

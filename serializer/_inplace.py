@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _format
-from ._build import RecordError, find, located, outline
+from ._build import RecordError, find, is_contiguous, located, outline
 from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
@@ -124,15 +124,6 @@ def _bytes_of(t: torch.Tensor) -> torch.Tensor:
     return flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
 
 
-def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for n, s in zip(reversed(shape), reversed(stride), strict=True):
-        if n != 1 and s != expected:
-            return False
-        expected *= n
-    return True
-
-
 def _takes_raw_bytes(t: torch.Tensor) -> bool:
     """Whether the stream's bytes can go straight into `t`'s memory: contiguous, and no lazy
     conjugate or negative bit (whose memory holds other values than `t` reads as)."""
@@ -169,7 +160,7 @@ def _fill(
         if (
             target.dtype == _format.DTYPE_BY_ID[ref.dtype_id]
             and ref.offset == 0
-            and _is_contiguous(ref.shape, ref.stride)
+            and is_contiguous(ref.shape, ref.stride)
             and target.numel() * target.element_size() == entry.nbytes
             and _takes_raw_bytes(target)
         ):

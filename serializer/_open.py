@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import _files, _format
-from ._build import find, outline, rebuild, unpickling
+from ._build import find, is_contiguous, outline, rebuild, unpickling
 from ._byteio import ByteSource, tensor_memory
 from ._errors import MismatchError, UnsupportedError
 from ._format import TensorRef
@@ -152,7 +152,7 @@ class _Slice:
         if step != 1:
             raise TypeError("get_slice takes rows with step 1")
         stop = max(start, stop)
-        if not _row_major(ref.shape, ref.stride):  # a view: read its whole storage
+        if not is_contiguous(ref.shape, ref.stride):  # a view: read its whole storage
             return self._file.get_tensor(self._key)[start:stop]
         dtype = _format.dtype_from_id(ref.dtype_id, f"tensor {self._key!r}")
         itemsize = _format.ITEMSIZE_BY_ID[ref.dtype_id]
@@ -171,15 +171,6 @@ class _Slice:
         if ref.requires_grad:
             t.requires_grad_(True)
         return t
-
-
-def _row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for n, s in zip(reversed(shape), reversed(stride), strict=True):
-        if n != 1 and s != expected:
-            return False
-        expected *= n
-    return True
 
 
 def open(  # noqa: A001 (serializer.open, as the issue names it; safetensors has safe_open)

@@ -6,13 +6,13 @@ import collections
 import io
 import socket
 import threading
-from typing import Any
 
 import pytest
 import torch
 
 import serializer
 from testing.cases import make_tensor, same_bits
+from testing.transports import CountingFile
 
 
 def _bytes(obj: object) -> io.BytesIO:
@@ -112,39 +112,17 @@ def test_load_keys_takes_the_dotted_keys_read_index_lists() -> None:
         serializer.load_keys(buf, ["model.nope"])
 
 
-class _Counting(io.RawIOBase):
-    """A seekable raw file over `data` that counts the bytes read from it."""
-
-    def __init__(self, data: bytes) -> None:
-        self._f = io.BytesIO(data)
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._f.seek(offset, whence)
-
-    def readinto(self, b: Any) -> int:
-        n = self._f.readinto(b)
-        self.read_bytes += n
-        return n
-
-
 def test_load_keys_reads_only_the_records_it_needs_where_it_can_seek() -> None:
     """load_keys of one 12-byte tensor read every byte of a 105 MB file before."""
     big = {f"big{i}": torch.zeros(1 << 20) for i in range(16)}  # 64 MiB
     buf = io.BytesIO()
     serializer.save({**big, "small": torch.arange(3, dtype=torch.float32)}, buf)
     data = buf.getvalue()
-    f = _Counting(data)
+    f = CountingFile(data)
     got = serializer.load_keys(f, ["small"])
     assert torch.equal(got["small"], torch.arange(3, dtype=torch.float32))
     assert f.read_bytes < (1 << 20), f.read_bytes  # the header, one record, the trailer
     dest = {"small": torch.zeros(3)}
-    f = _Counting(data)
+    f = CountingFile(data)
     serializer.load_into(dest, f, strict=False)
     assert torch.equal(dest["small"], torch.arange(3.0)) and f.read_bytes < (1 << 20)

@@ -11,31 +11,7 @@ import pytest
 import torch
 
 import serializer
-
-
-class _Counting(io.RawIOBase):
-    """A seekable raw file over `data` that counts the bytes read from it."""
-
-    def __init__(self, data: bytes) -> None:
-        self._f = io.BytesIO(data)
-        self.read_bytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def readinto(self, b: Any) -> int:
-        n = self._f.readinto(b)
-        self.read_bytes += n
-        return n
+from testing.transports import CountingFile
 
 
 def _state() -> dict[str, Any]:
@@ -74,7 +50,7 @@ def test_keys_index_and_tensors(tmp_path: pathlib.Path) -> None:
 
 def test_get_tensor_reads_only_its_record() -> None:
     data = _stream(_state())
-    source = _Counting(data)
+    source = CountingFile(data)
     with serializer.open(source) as f:
         header = source.read_bytes
         assert torch.equal(f.get_tensor("i"), torch.arange(5))
@@ -84,7 +60,7 @@ def test_get_tensor_reads_only_its_record() -> None:
 
 def test_get_slice_reads_only_the_rows() -> None:
     state = _state()
-    source = _Counting(_stream(state))
+    source = CountingFile(_stream(state))
     with serializer.open(source) as f:
         before = source.read_bytes
         rows = f.get_slice("w")[2:5]

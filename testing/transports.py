@@ -43,6 +43,32 @@ class Trickle(io.RawIOBase):
         return int(self._f.write(memoryview(b)[:n]))
 
 
+class CountingFile(io.RawIOBase):
+    """A seekable raw file over `data` that counts the bytes read from it (`read_bytes`):
+    for tests of what random access reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(b)
+        self.read_bytes += n
+        return n
+
+
 class _Writer(threading.Thread):
     def __init__(self, target: Callable[[], None]) -> None:
         super().__init__(daemon=True)
