@@ -22,6 +22,7 @@ are. Torch's `_streaming_save` streams are mutated record by record.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -919,7 +920,8 @@ def prepare(instrument: bool = False) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import torch.distributed._serialization  # noqa: F401
+    with contextlib.suppress(ImportError):  # torch < 2.7 has no streaming functions
+        import torch.distributed._serialization  # noqa: F401
 
     modules = [
         "serializer",
