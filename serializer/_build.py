@@ -5,6 +5,7 @@ as its `TensorRef`), and the dotted key paths of the tensors in an object."""
 from __future__ import annotations
 
 import pickle
+import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -63,8 +64,10 @@ def build(
     weights_only: bool,
     pickle_module: Any,
     pickle_load_args: dict[str, Any],
+    order: dict[int, int] | None = None,
 ) -> Any:
-    """The stream's object, its tensors built over `datas` (None: not loaded, a meta tensor)."""
+    """The stream's object, its tensors built over `datas` (None: not loaded, a meta tensor).
+    `order`, where given, receives id(tensor) -> persistent id (see `find`)."""
     # The header's entries and each storage's bytes are dropped once built (the tensors hold
     # the storages), so that the peak is the result and little more; the header is spent.
     tensors: list[TensorRef | None] = header.tensors  # type: ignore[assignment]
@@ -89,6 +92,8 @@ def build(
             raise
         except Exception as e:
             raise FormatError(f"cannot rebuild tensor {short_repr(pid)}: {e}") from e
+        if order is not None:
+            order[id(t)] = pid
         unbuilt[ref.storage] -= 1
         if not unbuilt[ref.storage]:
             datas[ref.storage] = None
@@ -116,32 +121,72 @@ def outline(
     weights_only: bool,
     pickle_module: Any,
     pickle_load_args: dict[str, Any],
+    order: dict[int, int] | None = None,
 ) -> Any:
-    """The stream's object with each tensor left as its `TensorRef` (no data needed)."""
+    """The stream's object with each tensor left as its `TensorRef` (no data needed).
+    `order`, where given, receives id(TensorRef) -> persistent id (see `find`)."""
+
+    def persistent_load(pid: Any) -> TensorRef:
+        ref = tensor_ref(header, pid)
+        if order is not None:
+            order[id(ref)] = pid
+        return ref
+
     return _pickling.loads(
         header.skeleton,
-        lambda pid: tensor_ref(header, pid),
+        persistent_load,
         weights_only=weights_only,
         pickle_module=pickle_module,
         **pickle_load_args,
     )
 
 
-def _children(value: Any) -> Iterator[tuple[Any, Any]] | None:
+def refs_of(
+    header: Header, weights_only: bool, pickle_module: Any, pickle_load_args: dict[str, Any]
+) -> list[tuple[str, TensorRef]]:
+    """(dotted key, TensorRef) of every tensor of the stream, from its outline."""
+    order: dict[int, int] = {}
+    tree = outline(header, weights_only, pickle_module, pickle_load_args, order)
+    return find(tree, TensorRef, order)
+
+
+def _children(value: Any, order: Mapping[int, int] | None) -> Iterator[tuple[Any, Any]] | None:
     """(key, child) of a mapping, list, tuple, set or plain object; None for a leaf."""
     if isinstance(value, Mapping):
         return iter(value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return enumerate(value)  # a set's members by iteration order
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    if isinstance(value, (set, frozenset)):
+        return enumerate(_in_stream_order(value, order or {}))
     if hasattr(value, "__dict__") and not isinstance(value, type):
         attributes: dict[str, Any] = vars(value)
         return iter(attributes.items())
     return None
 
 
-def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
+def _in_stream_order(members: set[Any] | frozenset[Any], order: Mapping[int, int]) -> list[Any]:
+    """A set's members in an order that is the same in the outline and in the loaded
+    object (where the iteration orders differ: a `TensorRef` hashes by value, a tensor by
+    identity): by the persistent id of the first tensor each holds (`order`: id of a tensor
+    or `TensorRef` -> its persistent id), members without tensors after them, as iterated."""
+
+    def first_tensor(member: Any) -> float:
+        if id(member) in order:
+            return order[id(member)]
+        if isinstance(member, (str, bytes, int, float, bool)) or member is None:
+            return float("inf")
+        pids = [order.get(id(leaf)) for _, leaf in find(member, (torch.Tensor, TensorRef), order)]
+        return min((p for p in pids if p is not None), default=float("inf"))
+
+    return sorted(members, key=first_tensor)
+
+
+def find(
+    obj: Any, leaf: type | tuple[type, ...], order: Mapping[int, int] | None = None
+) -> list[tuple[str, Any]]:
     """(dotted key, leaf) for every `leaf` inside mappings, lists, tuples, sets and plain
-    objects; each container is entered once, however often it is shared."""
+    objects; each container is entered once, however often it is shared. A set's members
+    are numbered in stream order, given `order` (what `outline` or `build` filled in)."""
     found: list[tuple[str, Any]] = []
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", obj)]
@@ -152,7 +197,7 @@ def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
             continue
         if id(value) in seen:
             continue
-        children = _children(value)
+        children = _children(value, order)
         if children is None:
             continue
         seen.add(id(value))
@@ -161,12 +206,12 @@ def find(obj: Any, leaf: type) -> list[tuple[str, Any]]:
     return found
 
 
-def at_path(obj: Any, path: str) -> Any:
+def at_path(obj: Any, path: str, order: Mapping[int, int] | None = None) -> Any:
     """What `find` lists under the dotted key `path` (KeyError if nothing is there)."""
     stack = [(obj, path)]
     while stack:
         value, rest = stack.pop()
-        children = _children(value)
+        children = _children(value, order)
         for k, child in children if children is not None else ():
             text = _key(k)
             if rest == text:
@@ -176,8 +221,27 @@ def at_path(obj: Any, path: str) -> Any:
     raise KeyError(path)
 
 
+class _KeyRepr(reprlib.Repr):
+    """`short_repr`, with any tensor written ``<tensor>``: a key that is (or holds) a
+    tensor gets the same dotted key from the outline (a `TensorRef`) as from the loaded
+    object (a tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 80
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, (torch.Tensor, TensorRef)):
+            return "<tensor>"
+        return super().repr1(x, level)
+
+
+_key_repr = _KeyRepr()
+
+
 def _key(k: Any) -> str:
-    return k if type(k) is str else str(k) if type(k) in (int, bool) else short_repr(k)
+    return k if type(k) is str else str(k) if type(k) in (int, bool) else _key_repr.repr(k)
 
 
 RecordError = (TruncatedError, ChecksumError)
@@ -197,9 +261,8 @@ def located(
         return error
     if refs is None:
         try:
-            refs = find(outline(header, True, None, {}), TensorRef)
+            refs = refs_of(header, True, None, {})
         except SerializerError:
             refs = []
     keys = [key for key, ref in refs if ref.storage == storage]
     return error.located(header.table[storage].nbytes, keys)
-

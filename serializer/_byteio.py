@@ -219,10 +219,14 @@ class ByteSource:
 
     def read(self, n: int, what: str) -> bytes:
         """Read exactly `n` bytes, growing the result only as data arrives."""
+        return bytes(self.read_bytearray(n, what))
+
+    def read_bytearray(self, n: int, what: str) -> bytearray:
+        """`read`, into a (writable) bytearray."""
         if n <= PIECE:
             out = bytearray(n)
             self.readinto(memoryview(out), what)
-            return bytes(out)
+            return out
         parts = []
         for start in range(0, n, PIECE):
             size = min(PIECE, n - start)
@@ -232,7 +236,39 @@ class ByteSource:
             except TruncatedError as e:
                 raise TruncatedError(what, n, start + e.received) from None
             parts.append(part)
-        return b"".join(parts)
+        return bytearray().join(parts)
+
+    def peek(self, n: int) -> bytes | None:
+        """Up to `n` of the next bytes, not consumed: what is staged, or else what the source
+        lets one look at without taking it (a socket's queue, a buffered reader's buffer, a
+        seekable file); at least one byte unless the source is at its end (b""). None where
+        the source offers no way to look ahead (a pipe's raw descriptor)."""
+        if self._pos < self._end:
+            return bytes(self._buf_mv[self._pos : min(self._end, self._pos + n)])
+        f = self._f
+        if isinstance(f, socket.socket):
+            wait_begins()
+            try:
+                while True:
+                    try:
+                        return f.recv(n, socket.MSG_PEEK)
+                    except BlockingIOError:
+                        _wait_ready(f, writable=False)
+            finally:
+                wait_ends()
+        if hasattr(f, "peek"):  # io.BufferedReader: one raw read at most, then its buffer
+            data = f.peek(n)
+            return None if data is None else bytes(data[:n])
+        seekable = getattr(f, "seekable", None)
+        try:
+            if seekable is None or not seekable():
+                return None
+            at = f.tell()
+            data = f.read(n)
+            f.seek(at)
+        except (OSError, ValueError):
+            return None
+        return None if data is None else bytes(data)
 
     def take_staged(self, n: int) -> memoryview | None:
         """The next `n` bytes, consumed, if all of them are staged already (no copy; valid

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import _format
-from ._build import RecordError, find, located, outline, unpickling
+from ._build import RecordError, located, refs_of, unpickling
 from ._format import StorageEntry, TensorRef
 from ._read import Header, check_trailer, read_header, reading, skip_records
 
@@ -65,7 +65,7 @@ def read_index(
         src = stream.bytes
         start = src.offset
         header = read_header(src)
-        refs = find(outline(header, weights_only, pickle_module, {}), TensorRef)
+        refs = refs_of(header, weights_only, pickle_module, {})
         tensors_of(header, refs)  # a dtype this torch lacks fails before the records are read
         try:
             skip_records(stream, header, range(len(header.table)))

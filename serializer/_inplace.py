@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _format
-from ._build import RecordError, find, is_contiguous, located, outline
+from ._build import RecordError, find, is_contiguous, located, refs_of
 from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
@@ -63,7 +63,7 @@ def load_into(
     """
     with reading(f, storage_options) as stream:
         header = read_header(stream.bytes)
-        refs = find(outline(header, True, None, {}), TensorRef)
+        refs = refs_of(header, True, None, {})
         in_stream = dict(refs)
         if isinstance(state_dict, torch.nn.Module):
             state_dict = state_dict.state_dict(keep_vars=True)
@@ -190,4 +190,9 @@ def _fill(
             )
         except (RuntimeError, TypeError, ValueError, OverflowError) as e:  # as load's rebuild
             raise FormatError(f"cannot view storage {index} as a tensor of it: {e}") from e
-        target.copy_(view)
+        if dtype == torch.bool and target.dtype == torch.bool:
+            # Byte for byte, as `load` gives them: copy_ would turn a stored byte other than
+            # 0 and 1 into 1, so one stream would load two ways.
+            target.view(torch.uint8).copy_(view.view(torch.uint8))
+        else:
+            target.copy_(view)

@@ -65,7 +65,8 @@ def load_keys(
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
     with reading(f, storage_options) as stream:
         header = read_header(stream.bytes)
-        tree = outline(header, weights_only, pickle_module, pickle_load_args)
+        order: dict[int, int] = {}  # how sets' members are numbered (see _build.find)
+        tree = outline(header, weights_only, pickle_module, pickle_load_args, order)
         if not isinstance(tree, Mapping):
             raise MismatchError(
                 f"load_keys needs a stream holding a mapping, found {type(tree).__name__}"
@@ -76,17 +77,23 @@ def load_keys(
                 parts[k] = tree[k]
             elif isinstance(k, str):  # a dotted key, as read_index lists it
                 with contextlib.suppress(KeyError):
-                    parts[k] = at_path(tree, k)
+                    parts[k] = at_path(tree, k, order)
         missing = [k for k in keys if k not in parts]
         if missing:
             raise MismatchError(f"keys not in the stream: {missing!r:.500}")
-        wanted = {ref.storage for part in parts.values() for _, ref in find(part, TensorRef)}
+        wanted = {ref.storage for part in parts.values() for _, ref in find(part, TensorRef, order)}
         try:
             storages = read_storages(stream, header, map_location, wanted)
         except RecordError as e:
-            raise located(e, header, find(tree, TensorRef)) from None
-        obj = build(header, storages, weights_only, pickle_module, pickle_load_args)
-        return {k: obj[k] if k in tree else at_path(obj, k) for k in keys}
+            raise located(e, header, find(tree, TensorRef, order)) from None
+        built: dict[int, int] = {}
+        obj = build(header, storages, weights_only, pickle_module, pickle_load_args, built)
+        try:
+            return {k: obj[k] if k in tree else at_path(obj, k, built) for k in keys}
+        except KeyError as e:  # the built object differs from its outline (its own code)
+            raise MismatchError(
+                f"key {e.args[0]!r:.200} is in the outline, not the object"
+            ) from None
 
 
 def iter_load(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import _files, _format
-from ._build import find, is_contiguous, outline, rebuild, unpickling
+from ._build import is_contiguous, rebuild, refs_of, unpickling
 from ._byteio import ByteSource, tensor_memory
 from ._errors import MismatchError, UnsupportedError
 from ._format import TensorRef
@@ -53,8 +53,9 @@ class StreamFile:
             self._stack.callback(self._records.close)
             self._header: Header = read_header(self._bytes)
             pickle_module, weights_only = unpickling(None, weights_only)
-            tree = outline(self._header, weights_only, pickle_module, {})
-            self._refs: dict[str, TensorRef] = dict(find(tree, TensorRef))
+            self._refs: dict[str, TensorRef] = dict(
+                refs_of(self._header, weights_only, pickle_module, {})
+            )
             self._data_start = self._bytes.offset
             self._record_at = []
             at = self._data_start
@@ -182,9 +183,7 @@ def open(  # noqa: A001 (serializer.open, as the issue names it; safetensors has
 ) -> StreamFile:
     """Open the stream in `src` (a seekable file object, a local path or a URL) for random
     access: ``with serializer.open(path) as f: f.get_tensor("w")``."""
-    return StreamFile(
-        src, map_location, weights_only=weights_only, storage_options=storage_options
-    )
+    return StreamFile(src, map_location, weights_only=weights_only, storage_options=storage_options)
 
 
 __all__ = ["StreamFile", "open"]

@@ -107,3 +107,18 @@ def test_cast_never_reinterprets_bytes_of_an_equal_size_dtype() -> None:
     dest = {"t": torch.zeros(3, dtype=torch.bfloat16)}
     serializer.load_into(dest, io.BytesIO(buf.getvalue()), cast=True)
     assert torch.equal(dest["t"], values.to(torch.bfloat16))
+
+
+def test_bool_bytes_arrive_as_stored_on_every_path() -> None:
+    # A bool whose byte is neither 0 nor 1 (torch keeps such bytes, e.g. a uint8 tensor
+    # viewed as bool): load gives the byte as stored; load_into's copy path (a view that is
+    # not its whole storage) gave 1, as copy_ converts.
+    raw = torch.tensor([0xA4, 0, 1, 2], dtype=torch.uint8)
+    flags = raw.view(torch.bool)[:2]  # a view of part of its storage: the copy path
+    data = io.BytesIO()
+    serializer.save({"flags": flags}, data)
+    loaded = serializer.load(io.BytesIO(data.getvalue()))["flags"]
+    dest = {"flags": torch.zeros(2, dtype=torch.bool)}
+    serializer.load_into(dest, io.BytesIO(data.getvalue()))
+    assert loaded.view(torch.uint8).tolist() == [0xA4, 0]
+    assert dest["flags"].view(torch.uint8).tolist() == [0xA4, 0]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
+import socket
 import threading
+import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -181,3 +185,100 @@ def test_torch_stream_mapped_to_a_missing_device_is_a_device_error() -> None:
     with pytest.raises(serializer.DeviceError, match="CUDA") as info:
         serializer.load(io.BytesIO(data), map_location="cuda")
     assert isinstance(info.value, RuntimeError)  # what torch's own reader raises
+
+
+class _CountingSocket(socket.socket):
+    """A real socket that counts the calls that take bytes from it."""
+
+    calls = 0
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        type(self).calls += 1
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        type(self).calls += 1
+        return super().recv(*args, **kwargs)
+
+
+class _CountingRaw(io.RawIOBase):
+    """A pipe's raw descriptor, counting reads (no peek, not seekable)."""
+
+    def __init__(self, fd: int) -> None:
+        self._f = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed with this object
+        self.calls = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int | None:
+        self.calls += 1
+        return self._f.readinto(b)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _many_tensors() -> dict[str, torch.Tensor]:
+    return {f"layer.{i}.weight": torch.full((3,), float(i)) for i in range(2000)}
+
+
+def _send(data: bytes, sock: socket.socket) -> threading.Thread:
+    def run() -> None:
+        sock.sendall(data)
+        sock.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_torch_stream_header_is_not_read_a_byte_per_call_from_a_socket() -> None:
+    # The pickle listing the records has no length before it: it used to be read one byte
+    # per call (one system call per byte on a socket: 0.7 MB/s). It is looked at with
+    # MSG_PEEK and taken exactly to its end, so that a second stream behind it stays whole.
+    obj = _many_tensors()
+    data = _torch_stream(obj)
+    a, b = socket.socketpair()
+    sock = _CountingSocket(fileno=b.detach())
+    sender = _send(data + data, a)
+    with sock:
+        streams = list(serializer.iter_load(sock))
+    sender.join()
+    assert len(streams) == 2
+    for loaded in streams:
+        assert_same(loaded, obj)
+    assert _CountingSocket.calls < 1000, f"{_CountingSocket.calls} reads for {len(data)} bytes"
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered-pipe", "raw-pipe"])
+def test_torch_stream_header_from_a_pipe_in_few_reads(buffered: bool) -> None:
+    # Through a BufferedReader (its peek), or a raw pipe (no look-ahead: an opcode per read,
+    # never past the stream's end; it was a byte per read).
+    obj = _many_tensors()
+    data = _torch_stream(obj)
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data + data), os.close(w)))
+    writer.start()
+    raw = _CountingRaw(r)
+    with io.BufferedReader(raw) if buffered else raw as f:
+        streams = list(serializer.iter_load(f))
+    writer.join()
+    assert len(streams) == 2
+    for loaded in streams:
+        assert_same(loaded, obj)
+    header = next(pos for op, _, pos in pickletools.genops(data) if op.name == "STOP") + 1
+    most = 1000 if buffered else header  # two streams
+    assert raw.calls < most, f"{raw.calls} reads for a header of about {header} bytes"
+
+
+def test_torch_stream_loads_without_copying_its_records() -> None:
+    # Records are read into writable buffers that become the storages themselves (torch's
+    # own reader copies each one, and warns about read-only bytes).
+    data = _torch_stream({"a": torch.arange(1 << 16, dtype=torch.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = serializer.load(io.BytesIO(data))
+    assert loaded["a"].equal(torch.arange(1 << 16, dtype=torch.float32))
+    loaded["a"][0] = 5  # writable
