@@ -73,6 +73,8 @@ class ByteSink:
         else:
             self._raw_write = self._write_loop
         self.offset = 0
+        self.written = 0  # bytes handed to f
+        self.report: Callable[[int], None] | None = None  # called with `written` as it grows
         self._stage = bytearray(STAGE_SIZE)
         self._stage_mv = memoryview(self._stage)
         self._fill = 0
@@ -83,6 +85,9 @@ class ByteSink:
             self._raw_write(data)
         finally:
             wait_ends()
+        self.written += len(data)
+        if self.report is not None:
+            self.report(self.written)
 
     def _write_loop(self, data: memoryview) -> None:
         write = self._f.send if isinstance(self._f, socket.socket) else self._f.write
@@ -158,6 +163,7 @@ class ByteSource:
             raise TypeError(f"load needs a readable binary file object, got {f!r}")
         self.offset = 0  # bytes consumed by the caller
         self._raw_offset = 0  # bytes taken from f
+        self.report: Callable[[int], None] | None = None  # called with bytes taken from f
         self._limit = 0  # never read past this raw offset
         self._buf = bytearray(STAGE_SIZE)
         self._buf_mv = memoryview(self._buf)
@@ -188,6 +194,8 @@ class ByteSource:
                     _wait_ready(self._f, writable=False)
                     continue
                 self._raw_offset += n
+                if self.report is not None:
+                    self.report(self._raw_offset)
                 return n
         finally:
             wait_ends()
@@ -293,4 +301,6 @@ class ByteSource:
         self._pos = self._end = 0
         self._raw_offset += n - buffered
         self.offset += n
+        if self.report is not None:
+            self.report(self._raw_offset)
         return True

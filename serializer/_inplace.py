@@ -18,6 +18,7 @@ from ._byteio import tensor_memory
 from ._errors import FormatError, MismatchError
 from ._format import StorageEntry, TensorRef
 from ._read import (
+    Progress,
     Stream,
     allocate,
     byteswap,
@@ -25,6 +26,7 @@ from ._read import (
     read_header,
     reading,
     skip_records,
+    watch,
 )
 from ._records import HASH_IN_THREAD
 from ._registry import backend_for, local_tensor
@@ -44,6 +46,7 @@ def load_into(
     cast: bool = False,
     atomic: bool = False,
     storage_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> LoadResult:
     """Load a stream of tensors in place into the tensors of `state_dict` (a mapping, or a
     module: its parameters and buffers, as ``module.state_dict()`` names them).
@@ -60,9 +63,14 @@ def load_into(
     1 MiB and on the CPU, or if `atomic` is true; otherwise undefined bytes. `atomic=True`
     reads every other storage into a buffer of its size before copying it over: all or
     nothing per tensor, at the cost of that buffer and a copy.
+
+    `progress`, if given, is called with (bytes read, bytes of the whole stream) once the
+    header is read and then as bytes arrive (or are seeked past), the last time with both
+    equal.
     """
     with reading(f, storage_options) as stream:
         header = read_header(stream.bytes)
+        watch(stream.bytes, header, progress)
         refs = refs_of(header, True, None, {})
         in_stream = dict(refs)
         if isinstance(state_dict, torch.nn.Module):

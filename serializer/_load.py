@@ -11,7 +11,7 @@ from ._build import RecordError, at_path, build, find, located, outline, unpickl
 from ._errors import EndOfStream, MismatchError
 from ._format import TensorRef
 from ._placement import MapLocation
-from ._read import first_byte, read_header, read_storages, reading
+from ._read import Progress, first_byte, read_header, read_storages, reading, watch
 from ._torch_compat import TORCH_STREAM_FIRST_BYTE, load_torch_stream
 
 
@@ -22,13 +22,16 @@ def load(
     *,
     weights_only: bool | None = True,
     storage_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
     **pickle_load_args: Any,
 ) -> Any:
     """Read one stream from `f` and return the object; consumes exactly that stream.
 
     Same arguments and semantics as ``torch.distributed._serialization._streaming_load``;
     also reads streams written by that function. `f` is a binary file object, a socket, a
-    local path, or a URL (fsspec, with `storage_options`).
+    local path, or a URL (fsspec, with `storage_options`). `progress`, if given, is called
+    with (bytes read, bytes of the whole stream) once the header is read and then as bytes
+    arrive, the last time with both equal (streams of this format; not torch's).
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
     with reading(f, storage_options) as stream:
@@ -38,6 +41,7 @@ def load(
                 first, stream.bytes, map_location, pickle_module, weights_only, pickle_load_args
             )
         header = read_header(stream.bytes, first)
+        watch(stream.bytes, header, progress)
         try:
             storages = read_storages(stream, header, map_location, None)
         except RecordError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,19 @@ class Header:
     def swapped(self) -> bool:
         """Whether the stream's byte order differs from this host's."""
         return self.preamble.big_endian != _HOST_BIG_ENDIAN
+
+
+Progress = Callable[[int, int], None]
+
+
+def watch(src: ByteSource, header: Header, progress: Progress | None) -> None:
+    """Report to `progress` (bytes done, bytes of the whole stream) now that the header is
+    read, and then as bytes arrive (and as records are seeked past)."""
+    if progress is None:
+        return
+    total = src.offset + _format.data_length(header.table)
+    src.report = lambda done: progress(min(done, total), total)
+    progress(src.offset, total)
 
 
 def first_byte(src: ByteSource) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,6 +126,7 @@ def save(
     *,
     sync: bool = True,
     storage_options: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write `obj` to `f` as one stream: a binary file object or socket, a local path
     (written atomically: a crash leaves the old file or none; synced unless ``sync=False``),
@@ -132,16 +134,25 @@ def save(
 
     Same arguments as ``torch.distributed._serialization._streaming_save``; pickle protocols
     0 and 1 are refused (``ValueError``): ``weights_only`` loads do not read them.
+    `progress`, if given, is called with (bytes written, bytes of the whole stream) once the
+    header is built and then as bytes are written, the last time with both equal.
     """
     if 0 <= pickle_protocol < 2:
         raise ValueError(
             f"pickle_protocol {pickle_protocol} is not supported: use 2 (the default) or higher"
         )
     with _files.sink(f, sync=sync, storage_options=storage_options) as out, gc_paused():
-        _save(obj, out, pickle_module, pickle_protocol)  # GC: except while waiting to write
+        # GC: paused, except while waiting to write
+        _save(obj, out, pickle_module, pickle_protocol, progress)
 
 
-def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None:
+def _save(
+    obj: object,
+    f: Any,
+    pickle_module: Any,
+    pickle_protocol: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     collector = _Collector()
     skeleton = _pickling.dumps(obj, pickle_module, pickle_protocol, collector)
     table = _format.pack_storage_table(collector.entries)
@@ -157,6 +168,12 @@ def _save(obj: object, f: Any, pickle_module: Any, pickle_protocol: int) -> None
         for part in (table, tensors, skeleton):
             sink.write(part)
         sink.write(_format.pack_checksum(_format.header_checksum(table, tensors, skeleton)))
+        if progress is not None:
+            n = len(collector.entries)
+            total = sink.offset + sum(e[0] for e in collector.entries)
+            total += _format.CHECKSUM_SIZE * n + _format.TRAILER_SIZE
+            sink.report = lambda done: progress(done, total)
+            progress(0, total)
         storages = collector.storages
         for device, run in runs([s.device for s in storages]):
             assert device is not None

@@ -76,7 +76,7 @@ def receive(method: str, layers: int, width: int, total: int, show: bool) -> dic
         if method == "serializer":
             if show:
                 with progress.make(f"  {method}", total) as bar:
-                    serializer.load_into(dest, progress.Reader(conn, bar))
+                    serializer.load_into(dest, conn, progress=bar.hook)
             else:
                 serializer.load_into(dest, conn)
         elif method == "torch_stream":

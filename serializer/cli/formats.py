@@ -194,7 +194,10 @@ def _read_stream(fmt: str, path: str, quiet: bool) -> Any:
         with progress.make(f"read {path}", size, quiet=quiet) as bar, warnings.catch_warnings():
             # torch's stream reader makes its storages over the bytes it read (read-only)
             warnings.filterwarnings("ignore", "The given buffer is not writable")
-            obj = serializer.load(progress.Reader(f, bar), map_location="cpu")
+            if fmt == "srlz":
+                obj = serializer.load(f, map_location="cpu", progress=bar.hook)
+            else:  # torch's format: no length known before the end, so counted at the file
+                obj = serializer.load(progress.Reader(f, bar), map_location="cpu")
         if f.read(1):
             raise CliError(
                 f"{path}: more bytes follow the first stream (a file of several streams: "
@@ -329,7 +332,7 @@ def _write(fmt: str, obj: Any, tmp: str, bar: progress.Progress, total: int) -> 
     """Write `obj` in format `fmt` to `tmp`, counting into `bar`."""
     if fmt == "srlz":
         with open(tmp, "wb") as f:
-            serializer.save(obj, progress.Writer(f, bar))
+            serializer.save(obj, f, progress=bar.hook)
     elif fmt == "pt":
         with open(tmp, "wb") as f:
             torch.save(obj, cast(BinaryIO, progress.Writer(f, bar)))

@@ -1,9 +1,10 @@
 """Progress of long operations: a tqdm bar on a terminal, plain lines otherwise, or nothing.
 
-The library has no progress hook, so progress is measured at the file object: `Reader` and
-`Writer` wrap a binary file or a socket and count the bytes that pass through them (a
-`Reader` can also copy every byte it reads to another file: `tee`). Progress goes to
-stderr; `make` picks the display:
+Streams of this format report through the library's own hook (``progress=bar.hook`` on
+`save`, `load`, `load_into`); other formats, and reads that must pass every byte (`verify`,
+`send`/`recv`), are measured at the file object: `Reader` and `Writer` wrap a binary file or
+a socket and count the bytes that pass through them (a `Reader` can also copy every byte it
+reads to another file: `tee`). Progress goes to stderr; `make` picks the display:
 
 - ``quiet``: none;
 - stderr is a terminal and tqdm is installed: a tqdm bar;
@@ -49,6 +50,12 @@ class Progress:
         self.done += n
         if self.total is not None and self.done > self.total:
             self.total = self.done  # a total that was an estimate (headers and all)
+
+    def hook(self, done: int, total: int) -> None:
+        """The library's ``progress=`` callback: `done` bytes of `total`."""
+        self.total = total
+        if done > self.done:
+            self.update(done - self.done)
 
     def close(self, failed: bool = False) -> None:
         """End the display; `failed`: the operation did not complete."""
