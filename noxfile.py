@@ -29,20 +29,16 @@ SWEEP = [
     "2.12.1", "2.13.0", "2.14.1", "2.15.0",
 ]  # fmt: skip
 CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
-# numpy: torch's object collectives (DCP plans in the distributed tests) call .numpy().
-# fsspec: URLs (the optional extra `fsspec`), tested with its memory:// file system.
-# safetensors: serializer.open is tested side by side with its safe_open.
-# moto[server], s3fs: a real S3 API server on 127.0.0.1 for the object-store tests.
-# tqdm: the command line's progress bars.
-TEST_DEPS = [
-    "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
-    "fsspec>=2023.1", "safetensors>=0.4", "moto[server]>=5", "s3fs", "tqdm>=4.60",
-]  # fmt: skip
+# What the tests need is the package's own `test` extra (pyproject.toml), with why each is there.
+TEST = ".[test]"
 
 
 def install_torch(session: nox.Session, version: str) -> None:
-    """The local CPU wheel where this machine has one; otherwise PyPI's build."""
-    local = sorted(glob.glob(f"/opt/wheels/torch-{version}+cpu-*.whl"))
+    """A local CPU wheel from the directory in $SERIALIZER_WHEELS, where it has one for
+    `version` (ci/test.sh sets it from pip's find-links; uv does not read pip's config);
+    otherwise PyPI's build."""
+    wheels = os.environ.get("SERIALIZER_WHEELS", "")
+    local = sorted(glob.glob(os.path.join(wheels, f"torch-{version}+cpu-*.whl"))) if wheels else []
     session.install(local[0] if local else f"torch=={version}")
 
 
@@ -55,13 +51,13 @@ def pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole suite on the local torch."""
     install_torch(session, LOCAL_TORCH)
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", TEST)
     session.run("python", "-m", "pytest", *pytest_args(session))
 
 
 def _sweep(session: nox.Session, torch_version: str, *marks: str) -> None:
     install_torch(session, torch_version)
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", TEST)
     session.run("python", "-c", "import torch; print('torch', torch.__version__)")
     session.run("python", "-m", "pytest", *marks, *pytest_args(session))
 
@@ -86,7 +82,7 @@ def gpu(session: nox.Session) -> None:
     """The gpu-marked suite on PyPI's CUDA torch; posargs pick a shard, e.g.
     `nox -s gpu -- --shard-count 4 --shard-index 0`."""
     session.install(f"torch=={os.environ.get('GPU_TORCH', LOCAL_TORCH)}")
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", TEST)
     session.run("python", "-m", "pytest", "-m", "gpu", "-q", "-ra", *session.posargs)
 
 

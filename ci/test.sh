@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check "nox>=2024.4" "uv>=0.4"
 export UV_PYTHON_DOWNLOADS=never
 export HYPOTHESIS_PROFILE=ci  # property tests derandomized: the gate must not flake
+# Local torch wheels, where this machine's pip finds them (nox's uv does not read pip's config).
+if [ -z "${SERIALIZER_WHEELS:-}" ]; then
+  SERIALIZER_WHEELS="$(python3 -m pip config get global.find-links 2>/dev/null || true)"
+  export SERIALIZER_WHEELS="${SERIALIZER_WHEELS%% *}"
+fi
 
 echo "== nox: tests, lint, types (local torch)"
 python3 -m nox -s tests lint types
