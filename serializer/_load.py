@@ -10,6 +10,7 @@ from . import _files
 from ._build import RecordError, at_path, build, find, located, outline, unpickling
 from ._errors import EndOfStream, MismatchError
 from ._format import TensorRef
+from ._mmap import mapped_storages, mmap_path
 from ._placement import MapLocation
 from ._read import Progress, first_byte, read_header, read_storages, reading, watch
 from ._torch_compat import TORCH_STREAM_FIRST_BYTE, load_torch_stream
@@ -21,6 +22,7 @@ def load(
     pickle_module: Any = None,
     *,
     weights_only: bool | None = True,
+    mmap: bool | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: Progress | None = None,
     **pickle_load_args: Any,
@@ -32,8 +34,16 @@ def load(
     local path, or a URL (fsspec, with `storage_options`). `progress`, if given, is called
     with (bytes read, bytes of the whole stream) once the header is read and then as bytes
     arrive, the last time with both equal (streams of this format; not torch's).
+
+    ``mmap=True`` (`f` a local path, holding one stream of this format): tensors over the
+    file's pages, read only when touched, as ``torch.load(mmap=True)``; the header, the
+    trailer and the file's length are verified, the records' checksums are not (see
+    `_mmap`).
     """
     pickle_module, weights_only = unpickling(pickle_module, weights_only)
+    if mmap:
+        header, datas = mapped_storages(mmap_path(f), map_location)
+        return build(header, datas, weights_only, pickle_module, pickle_load_args)
     with reading(f, storage_options) as stream:
         first = first_byte(stream.bytes)
         if first == TORCH_STREAM_FIRST_BYTE:
