@@ -278,6 +278,13 @@ class ByteSource:
             return None
         return None if data is None else bytes(data)
 
+    def plan(self, spans: list[tuple[int, int]]) -> None:
+        """Tell a source that fetches ahead (`_files.RangeFile`, which starts where the
+        stream does) the (start, end) offsets that reads will want."""
+        plan = getattr(self._f, "plan", None)
+        if plan is not None:
+            plan(spans)
+
     def take_staged(self, n: int) -> memoryview | None:
         """The next `n` bytes, consumed, if all of them are staged already (no copy; valid
         until the next read); otherwise None and nothing is consumed."""

@@ -12,8 +12,10 @@ none, never part of one. A failed save to a URL discards what it wrote where fss
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,10 +50,89 @@ def source(f: Any, storage_options: dict[str, Any] | None = None) -> Iterator[An
         yield f
     elif "://" in path:
         with _fsspec_open(path, "rb", storage_options) as opened:
-            yield opened
+            yield RangeFile(opened)
     else:
         with open(path, "rb", buffering=0) as opened:  # raw: reads go straight into tensors
             yield opened
+
+
+class RangeFile(io.RawIOBase):
+    """An fsspec file that fetches planned byte ranges ahead, several at once, with its file
+    system's ``cat_ranges`` (concurrent requests on object stores and HTTP): what random
+    access to a remote stream reads (`plan`). Reads elsewhere go to the file as they come.
+
+    Planned ranges are cut into pieces of at most `PIECE` bytes and fetched in groups of at
+    most `GROUP` bytes, a group when a read first needs it; a piece is dropped once read
+    past, so memory holds at most about a group."""
+
+    PIECE = 8 << 20
+    GROUP = 128 << 20
+
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self._f = f
+        self._pos = 0
+        self._plan: deque[tuple[int, int]] = deque()  # pieces not fetched yet, in file order
+        self._fetched: deque[tuple[int, bytes]] = deque()  # (start, bytes), in file order
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._pos = offset
+        elif whence == io.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = self._f.seek(offset, whence)
+        return self._pos
+
+    def plan(self, spans: list[tuple[int, int]]) -> None:
+        """The (start, end) byte ranges that reads will want, in file order."""
+        pieces = []
+        for start, end in spans:
+            pieces += [(at, min(at + self.PIECE, end)) for at in range(start, end, self.PIECE)]
+        self._plan = deque(pieces)
+        self._fetched = deque()
+
+    def _fetch_from(self, pos: int) -> None:
+        plan = self._plan
+        while plan and plan[0][1] <= pos:  # planned, then not wanted after all
+            plan.popleft()
+        if not plan or plan[0][0] > pos:
+            return
+        group = [plan.popleft()]
+        size = group[0][1] - group[0][0]
+        while plan and size + plan[0][1] - plan[0][0] <= self.GROUP:
+            group.append(plan.popleft())
+            size += group[-1][1] - group[-1][0]
+        datas = self._f.fs.cat_ranges(
+            [self._f.path] * len(group), [s for s, _ in group], [e for _, e in group],
+            on_error="raise",
+        )  # fmt: skip
+        self._fetched = deque((start, data) for (start, _), data in zip(group, datas, strict=True))
+
+    def readinto(self, b: Any) -> int:
+        pos = self._pos
+        while self._fetched and self._fetched[0][0] + len(self._fetched[0][1]) <= pos:
+            self._fetched.popleft()  # read past
+        if not self._fetched or self._fetched[0][0] > pos:
+            self._fetch_from(pos)
+        if self._fetched and self._fetched[0][0] <= pos:
+            start, data = self._fetched[0]
+            n = min(len(b), start + len(data) - pos)
+            memoryview(b)[:n] = data[pos - start : pos - start + n]
+        else:
+            self._f.seek(pos)
+            n = self._f.readinto(b)
+        self._pos += n
+        return n
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from ._read import (
     allocate,
     byteswap,
     check_trailer,
+    plan_records,
     read_header,
     reading,
     skip_records,
@@ -106,6 +107,7 @@ def load_into(
             shapes_agree = all(dest[k].shape == in_stream[k].shape for k in plan_keys)
             advice = "\n(only dtypes differ: pass cast=True to convert)" if shapes_agree else ""
             raise MismatchError("cannot load in place:\n  " + "\n  ".join(problems) + advice)
+        plan_records(stream, header, plan)
         try:
             with torch.no_grad():
                 for wanted, run in runs([index in plan for index in range(len(header.table))]):

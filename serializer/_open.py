@@ -115,7 +115,9 @@ class StreamFile:
     def _storage(self, index: int) -> torch.Tensor:
         """The bytes of storage `index`, read and verified."""
         entry = self._header.table[index]
-        self._seek(self._record_at[index], entry.nbytes + _format.CHECKSUM_SIZE)
+        at = self._record_at[index]
+        self._bytes.plan([(at, at + entry.nbytes + _format.CHECKSUM_SIZE)])
+        self._seek(at, entry.nbytes + _format.CHECKSUM_SIZE)
         cpu = find_backend("cpu")
         assert cpu is not None
         data = allocate(cpu, entry.nbytes, torch.device("cpu"), index)
@@ -161,7 +163,9 @@ class _Slice:
         first = (ref.offset * itemsize) + start * row
         nbytes = (stop - start) * row
         file = self._file
-        file._seek(file._record_at[ref.storage] + first, nbytes)
+        at = file._record_at[ref.storage] + first
+        file._bytes.plan([(at, at + nbytes)])
+        file._seek(at, nbytes)
         data = torch.empty(nbytes, dtype=torch.uint8)
         file._bytes.readinto(tensor_memory(data), f"rows of {self._key!r}")
         entry = file._header.table[ref.storage]

@@ -117,6 +117,22 @@ def skip_records(stream: Stream, header: Header, indices: range) -> None:
         stream.records.skip_record(header.table[index].nbytes, index)
 
 
+def plan_records(stream: Stream, header: Header, wanted: Collection[int] | None) -> None:
+    """Tell the source which records will be read (all when `wanted` is None), from here
+    (the end of the header): a remote one fetches them ahead, several ranges at once."""
+    spans: list[tuple[int, int]] = []
+    at = stream.bytes.offset
+    for index, entry in enumerate(header.table):
+        end = at + entry.nbytes + _format.CHECKSUM_SIZE
+        if wanted is None or index in wanted:
+            if spans and spans[-1][1] == at:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((at, end))
+        at = end
+    stream.bytes.plan(spans)
+
+
 def byteswap(data: torch.Tensor, dtype_id: int) -> None:
     """Reverse the bytes of each element of `data` (in place), as the stream's dtype says."""
     unit = _format.swap_unit(dtype_id)
@@ -147,6 +163,7 @@ def read_storages(
                 device = resolved[entry.location] = resolve_device(entry.location, map_location)
             devices.append(device)
     datas: list[torch.Tensor | None] = [None] * len(devices)
+    plan_records(stream, header, wanted)
     records = stream.records
     for device, run in runs(devices):
         if device is None:
