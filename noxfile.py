@@ -3,6 +3,7 @@
 nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
 nox -s lint types       # ruff, actionlint; mypy on serializer/
 nox -s bench            # benchmarks side by side with torch and safetensors
+nox -s bench_access     # random access: load_keys, open, mmap, DCP reshard reads
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
@@ -128,6 +129,15 @@ def bench(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".", "safetensors", "psutil", "numpy")
     session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_access(session: nox.Session) -> None:
+    """Random access beside safetensors, torch.load(mmap=True) and DCP's reader
+    (docs/BENCHMARKS.md, "Random access"), e.g. `nox -s bench_access -- --gib 0.25`."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tools.bench_access", *session.posargs)
 
 
 @nox.session(python=PYTHON)
