@@ -187,7 +187,8 @@ class HTTPTransport(CheckpointTransport[T]):
             name = f"[{name}]"
         self._url = f"http://{name}:{bound[1]}/{self._token}/"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="serializer-http-transport", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="serializer-http-transport",
+            daemon=True,
         )
         self._thread.start()
 
