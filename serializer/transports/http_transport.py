@@ -78,7 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.transport._timeout  # the socket's, for every read and write
+        # the socket's timeout, for every read and write
+        self.request.settimeout(self.server.transport._timeout)
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -187,7 +188,9 @@ class HTTPTransport(CheckpointTransport[T]):
             name = f"[{name}]"
         self._url = f"http://{name}:{bound[1]}/{self._token}/"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="serializer-http-transport",
+            target=self._server.serve_forever,
+            args=(0.1,),
+            name="serializer-http-transport",
             daemon=True,
         )
         self._thread.start()
@@ -220,8 +223,7 @@ class HTTPTransport(CheckpointTransport[T]):
             self._cond.wait_for(lambda: not self._inflight, self._timeout)
             if self._inflight:
                 logger.warning(
-                    "disallow_checkpoint: %d requests still in flight after %g s; cutting "
-                    "them off",
+                    "disallow_checkpoint: %d requests still in flight after %g s; cutting them off",
                     len(self._inflight),
                     self._timeout,
                 )
@@ -366,7 +368,9 @@ class _Fetch:
 
     def get(self, what: str, load: Callable[[Any], Any]) -> Any:
         """`load` on the body of ``GET <base>/<what>``; the body must be exactly one stream."""
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._deadline.remaining())
+        conn = http.client.HTTPConnection(
+            self._host, self._port, timeout=self._deadline.remaining()
+        )
         sock: socket.socket | None = None
         try:
             conn.connect()
@@ -398,7 +402,8 @@ class _Fetch:
             raise TransportError(f"fetching part {what} from {self.peer} failed: {e}") from e
         finally:
             with self._lock:
-                self._socks.discard(sock)  # type: ignore[arg-type]
+                if sock is not None:
+                    self._socks.discard(sock)
             conn.close()
             if sock is not None:
                 sock.close()

@@ -104,7 +104,9 @@ def test_several_receivers_at_once(server: HTTPTransport[Any]) -> None:
     receivers = [HTTPTransport[Any](T10) for _ in range(4)]
     try:
         with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(lambda r: r.recv_checkpoint(0, server.metadata(), 3, T10), receivers))
+            got = list(
+                pool.map(lambda r: r.recv_checkpoint(0, server.metadata(), 3, T10), receivers)
+            )
     finally:
         for r in receivers:
             r.shutdown()

@@ -48,6 +48,15 @@ _ABORT = -1
 _TAG = 0x5352  # the tag of every message; per pair, messages arrive in order
 
 
+def _post(op: Callable[..., Any], t: torch.Tensor, peer: int, deadline: Deadline, what: str) -> Any:
+    """`op([t], peer, tag)` (a process group's send or recv): its work; the group's own
+    errors (a peer that went away) become `TransportError`."""
+    try:
+        return op([t], peer, _TAG)
+    except RuntimeError as e:
+        raise TransportError(f"{deadline.what} failed ({what}, rank {peer}): {e}") from e
+
+
 def _wait(work: Any, deadline: Deadline, what: str) -> None:
     try:
         done = work.wait(timedelta(seconds=deadline.remaining()))
@@ -120,9 +129,10 @@ class _Fanout:
         buf.header[0], buf.header[1], buf.header[2] = PROTOCOL, self._step, n
         data = buf.stage(n) if n > 0 else None
         for dst in self._dsts:
-            buf.works.append(self._pg.send([buf.header], dst, _TAG))
+            send = self._pg.send
+            buf.works.append(_post(send, buf.header, dst, self._deadline, "sending a header"))
             if data is not None:
-                buf.works.append(self._pg.send([data], dst, _TAG))
+                buf.works.append(_post(send, data, dst, self._deadline, "sending a chunk"))
         self._current = 1 - self._current
         self._fill = 0
         self._drain(self._buffers[self._current])
@@ -169,7 +179,7 @@ class _Inbox:
         self.mismatch: int | None = None  # the step the sender sent, where it differs
 
     def _recv(self, t: torch.Tensor, what: str) -> None:
-        _wait(self._pg.recv([t], self._src, _TAG), self._deadline, what)
+        _wait(_post(self._pg.recv, t, self._src, self._deadline, what), self._deadline, what)
 
     def _next(self) -> None:
         self._recv(self._header, "receiving a chunk header")
