@@ -130,7 +130,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     local = _local(t)
-    return str(local.device), local.untyped_storage().data_ptr()
+    try:
+        return str(local.device), local.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (sparse...): save refuses it
+        return "", id(t)
+
+
+def _storage_nbytes(t: torch.Tensor) -> int:
+    try:
+        return int(_local(t).untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError):
+        return 0
 
 
 def split(obj: Any, step: int, num_chunks: int) -> tuple[dict[str, Any], list[Part]]:
@@ -147,7 +157,7 @@ def split(obj: Any, step: int, num_chunks: int) -> tuple[dict[str, Any], list[Pa
     members: list[list[int]] = [[] for _ in range(n)]
 
     def nbytes(group: list[int]) -> int:
-        return int(_local(found[group[0]][1]).untyped_storage().nbytes())
+        return _storage_nbytes(found[group[0]][1])
 
     for group in sorted(groups.values(), key=nbytes, reverse=True):
         c = loads.index(min(loads))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
@@ -46,6 +48,7 @@ PROTOCOL = 0x53524C5A0001  # "SRLZ", version 1
 _END = 0
 _ABORT = -1
 _TAG = 0x5352  # the tag of every message; per pair, messages arrive in order
+_GRACE_S = 2.0  # beyond a send's deadline, for its thread to end
 
 
 def _post(op: Callable[..., Any], t: torch.Tensor, peer: int, deadline: Deadline, what: str) -> Any:
@@ -58,8 +61,8 @@ def _post(op: Callable[..., Any], t: torch.Tensor, peer: int, deadline: Deadline
 
 
 def _wait(work: Any, deadline: Deadline, what: str) -> None:
-    try:
-        done = work.wait(timedelta(seconds=deadline.remaining()))
+    try:  # wait even once the deadline has passed: the group then gives up the operation
+        done = work.wait(timedelta(seconds=max(deadline.left(), 0.001)))
     except TransportError:
         raise
     except RuntimeError as e:
@@ -160,7 +163,8 @@ class _Fanout:
 
 
 class _Inbox:
-    """A binary file that reads what a `_Fanout` sends to this rank."""
+    """A binary file that reads what a `_Fanout` sends to this rank. A helper thread
+    receives the next chunk into a second buffer while this one is read."""
 
     def __init__(
         self, pg: Any, src: int, step: int, chunk_bytes: int, device: torch.device,
@@ -172,47 +176,71 @@ class _Inbox:
         self._deadline = deadline
         self._capacity = chunk_bytes
         self._device = device
+        self._free: queue.Queue[_Buffer] = queue.Queue()
+        self._full: queue.Queue[tuple[_Buffer, int, int] | BaseException] = queue.Queue()
+        self._pump: threading.Thread | None = None
         self._buf: _Buffer | None = None
-        self._header = torch.zeros(3, dtype=torch.int64, device=device)
         self._pos = self._end = 0
         self._done = False
-        self.mismatch: int | None = None  # the step the sender sent, where it differs
+        self._mismatch = False
+
+    def _run_pump(self) -> None:
+        """Receive header and chunk after header and chunk into free buffers, until the end."""
+        header = torch.zeros(3, dtype=torch.int64, device=self._device)
+        try:
+            while True:
+                buf = self._free.get(timeout=max(self._deadline.left(), 0))
+                self._recv(header, "receiving a chunk header")
+                protocol, step, n = (int(v) for v in header.cpu().tolist())
+                if protocol != PROTOCOL:
+                    raise TransportError(f"rank {self._src} sent something other than a checkpoint")
+                if n > self._capacity or n < _ABORT:
+                    raise TransportError(
+                        f"rank {self._src} sent a chunk of {n} bytes, more than this side's "
+                        f"chunk_bytes ({self._capacity}); pass the same chunk_bytes on both sides"
+                    )
+                if n > 0:
+                    assert buf.wire is not None and buf.host is not None
+                    self._recv(buf.wire[:n], "receiving a chunk")
+                    if buf.wire is not buf.host:
+                        buf.host[:n].copy_(buf.wire[:n])
+                self._full.put((buf, step, n))
+                if n <= 0:
+                    return
+        except queue.Empty:
+            self._full.put(self._deadline.error())
+        except BaseException as e:
+            self._full.put(e)
 
     def _recv(self, t: torch.Tensor, what: str) -> None:
         _wait(_post(self._pg.recv, t, self._src, self._deadline, what), self._deadline, what)
 
     def _next(self) -> None:
-        self._recv(self._header, "receiving a chunk header")
-        protocol, step, n = (int(v) for v in self._header.cpu().tolist())
-        if protocol != PROTOCOL:
+        if self._pump is None:
+            for _ in range(2):
+                self._free.put(_Buffer(self._capacity, self._device))
+            self._pump = threading.Thread(target=self._run_pump, daemon=True)
+            self._pump.start()
+        if self._buf is not None:
+            self._free.put(self._buf)
+            self._buf = None
+        try:
+            item = self._full.get(timeout=max(self._deadline.left(), 0) + 1)
+        except queue.Empty:
+            item = self._deadline.error()
+        if isinstance(item, BaseException):
             self._done = True
-            raise TransportError(f"rank {self._src} sent something other than a checkpoint")
-        mismatch = step != self._step and self.mismatch is None
-        if mismatch:
-            self.mismatch = step
+            raise item
+        self._buf, step, n = item
+        self._pos, self._end = 0, max(n, 0)
         if n == _ABORT:
             self._done = True
             raise TransportError(f"rank {self._src} failed while saving step {step}")
-        if n > self._capacity or n < 0:
-            self._done = True
-            raise TransportError(
-                f"rank {self._src} sent a chunk of {n} bytes, more than this side's "
-                f"chunk_bytes ({self._capacity}); pass the same chunk_bytes on both sides"
-            )
         if n == _END:
             self._done = True
-        else:
-            if self._buf is None:
-                self._buf = _Buffer(self._capacity, self._device)
-            assert self._buf.wire is not None and self._buf.host is not None
-            self._recv(self._buf.wire[:n], "receiving a chunk")
-            if self._buf.wire is not self._buf.host:
-                self._buf.host[:n].copy_(self._buf.wire[:n])
-        self._pos, self._end = 0, max(n, 0)
-        if mismatch:
-            raise StepMismatchError(
-                f"rank {self._src} sent step {self.mismatch}, not step {self._step}"
-            )
+        if step != self._step and not self._mismatch:
+            self._mismatch = True
+            raise StepMismatchError(f"rank {self._src} sent step {step}, not step {self._step}")
 
     def readinto(self, mv: Any) -> int:
         while self._pos == self._end:
@@ -241,6 +269,31 @@ class _Inbox:
                 self._next()
 
 
+class _Sending:
+    """A send in a thread of its own; `join` waits for it and raises its error."""
+
+    def __init__(self, send: Callable[[], None], deadline: Deadline) -> None:
+        self.error: BaseException | None = None
+        self._deadline = deadline
+
+        def run() -> None:
+            try:
+                send()
+            except BaseException as e:
+                logger.warning("%s failed: %s", deadline.what, e)
+                self.error = e
+
+        self.thread = threading.Thread(target=run, name="serializer-pg-send", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(max(self._deadline.left(), 0) + _GRACE_S)
+        if self.thread.is_alive():
+            raise TransportTimeoutError(f"{self._deadline.what} did not end within its timeout")
+        if self.error is not None:
+            raise self.error
+
+
 class PGTransport(CheckpointTransport[T]):
     """torchft's `CheckpointTransport` over a process group, with this library's streams.
 
@@ -251,8 +304,7 @@ class PGTransport(CheckpointTransport[T]):
         device: the device of the wire buffers (``cuda`` for NCCL, ``cpu`` for gloo).
         state_dict: if given, `recv_checkpoint` calls it and receives the tensors into
             those it returns, in place, when it has every path that the sender sends.
-        chunk_bytes: the size of each chunk buffer (the sender has two, the receiver one);
-            the same on both sides.
+        chunk_bytes: the size of each chunk buffer (two on each side); the same on both.
         map_location: where received tensors go when not received in place.
     """
 
@@ -274,30 +326,46 @@ class PGTransport(CheckpointTransport[T]):
         self._state_dict = state_dict
         self._chunk_bytes = chunk_bytes
         self._map_location = map_location
+        self._sending: _Sending | None = None
 
     def metadata(self) -> str:
         return "<n/a>"
 
     def disallow_checkpoint(self) -> None:
-        """Nothing to do: `send_checkpoint` returns when every receiver has the data."""
+        """Wait for the send that `send_checkpoint` started (up to its timeout), and raise
+        its error if it failed. Once this returns, the state dict is no longer read."""
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            sending.join()
 
     def send_checkpoint(
         self, dst_ranks: list[int], step: int, state_dict: T, timeout: timedelta
     ) -> None:
-        """Send `state_dict` to every rank of `dst_ranks` at once; returns when sent, or
-        raises `TransportTimeoutError` where a receiver does not take it within `timeout`."""
+        """Start sending `state_dict` to every rank of `dst_ranks` at once, in a thread, and
+        return: `disallow_checkpoint` waits for it. Every wait is bounded by `timeout`."""
+        self.disallow_checkpoint()
         if not dst_ranks:
             return
         deadline = Deadline(timeout, f"sending step {step} to ranks {list(dst_ranks)}")
         index, parts = split(state_dict, step, 1)
         out = _Fanout(self._pg, list(dst_ranks), step, self._chunk_bytes, self._device, deadline)
-        try:
-            serializer.save(index, out)
-            serializer.save(parts[0], out)
-        except BaseException:
-            out.abort()
-            raise
-        out.finish()
+
+        def send() -> None:
+            try:
+                serializer.save(index, out)
+                serializer.save(parts[0], out)
+            except BaseException:
+                out.abort()
+                raise
+            out.finish()
+
+        self._sending = _Sending(send, deadline)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Give a send in flight a moment to end (it ends by its own timeout anyway)."""
+        sending, self._sending = self._sending, None
+        if sending is not None and wait:
+            sending.thread.join(_GRACE_S)
 
     def recv_checkpoint(self, src_rank: int, metadata: str, step: int, timeout: timedelta) -> T:
         """Receive step `step` from rank `src_rank` (``weights_only=True``; in place where a

@@ -46,6 +46,12 @@ def groups(n: int) -> list[Any]:
         return list(pool.map(make, range(n)))
 
 
+def send(t: PGTransport[Any], dst_ranks: list[int], step: int, sd: Any) -> None:
+    """send_checkpoint, then disallow_checkpoint: waits for the send and raises its error."""
+    t.send_checkpoint(dst_ranks, step, sd, T10)
+    t.disallow_checkpoint()
+
+
 def on_ranks(fns: list[Callable[[], Any]]) -> list[Any]:
     """Run one function per rank in threads; the results in rank order."""
     with ThreadPoolExecutor(len(fns)) as pool:
@@ -73,7 +79,7 @@ def test_one_sender_three_receivers() -> None:
     sender = PGTransport[Any](pgs[0], T10, "cpu", chunk_bytes=4096)
     receivers = [PGTransport[Any](pg, T10, "cpu", chunk_bytes=4096) for pg in pgs[1:]]
     got = on_ranks(
-        [lambda: sender.send_checkpoint([1, 2, 3], 5, sd, T10)]
+        [lambda: send(sender, [1, 2, 3], 5, sd)]
         + [lambda r=r: r.recv_checkpoint(0, sender.metadata(), 5, T10) for r in receivers]
     )
     for g in got[1:]:
@@ -90,7 +96,7 @@ def test_in_place(pair: list[Any]) -> None:
     receiver = PGTransport[Any](pair[1], T10, "cpu", state_dict=lambda: dest, chunk_bytes=1 << 16)
     _, got = on_ranks(
         [
-            lambda: sender.send_checkpoint([1], 1, sd, T10),
+            lambda: send(sender, [1], 1, sd),
             lambda: receiver.recv_checkpoint(0, "<n/a>", 1, T10),
         ]
     )
@@ -109,7 +115,7 @@ def test_catalog_bit_exact(case: Case, pair: list[Any]) -> None:
     receiver = PGTransport[Any](pair[1], T10, "cpu", chunk_bytes=1 << 16)
     _, got = on_ranks(
         [
-            lambda: sender.send_checkpoint([1], 3, obj, T10),
+            lambda: send(sender, [1], 3, obj),
             lambda: receiver.recv_checkpoint(0, "<n/a>", 3, T10),
         ]
     )
@@ -122,20 +128,20 @@ def test_step_mismatch_takes_the_stream_and_raises(pair: list[Any]) -> None:
     sd = _state()
     sent = []
 
-    def send() -> None:
-        sender.send_checkpoint([1], 2, sd, T10)
+    def send_step_2() -> None:
+        send(sender, [1], 2, sd)
         sent.append(True)
 
     def recv() -> None:
         with pytest.raises(StepMismatchError, match="sent step 2, not step 3"):
             receiver.recv_checkpoint(0, "<n/a>", 3, T10)
 
-    on_ranks([send, recv])
+    on_ranks([send_step_2, recv])
     assert sent == [True]  # the receiver took the rest: the sender did not wait for it
     # the pair still works
     _, got = on_ranks(
         [
-            lambda: sender.send_checkpoint([1], 4, sd, T10),
+            lambda: send(sender, [1], 4, sd),
             lambda: receiver.recv_checkpoint(0, "", 4, T10),
         ]
     )
@@ -153,13 +159,41 @@ def test_timeouts() -> None:
     pgs = groups(2)  # gloo closes a pair whose receive timed out
     big = {"w": torch.zeros(64 << 20, dtype=torch.uint8)}
     start = time.monotonic()
+    sender = PGTransport[Any](pgs[0], T10, "cpu")
+    sender.send_checkpoint([1], 1, big, timedelta(seconds=1))
+    assert time.monotonic() - start < 0.5  # the send runs in a thread
     with pytest.raises(TransportTimeoutError, match="timed out"):
-        PGTransport[Any](pgs[0], T10, "cpu").send_checkpoint([1], 1, big, timedelta(seconds=1))
+        sender.disallow_checkpoint()
     assert time.monotonic() - start < 4
+    sender.disallow_checkpoint()  # reported once
+    sender.shutdown()
 
 
 def test_no_destinations_is_a_no_op(pair: list[Any]) -> None:
-    PGTransport[Any](pair[0], T10).send_checkpoint([], 1, _state(), T10)
+    send(PGTransport[Any](pair[0], T10), [], 1, _state())
+
+
+def test_a_failed_save_reaches_the_receiver(pair: list[Any]) -> None:
+    """The sender's save fails (a sparse tensor): it raises at disallow_checkpoint, and the
+    receiver hears of it at once."""
+    sender = PGTransport[Any](pair[0], T10, "cpu")
+    receiver = PGTransport[Any](pair[1], T10, "cpu")
+    bad = {"ok": torch.ones(3), "bad": torch.ones(2).to_sparse()}
+
+    def recv() -> None:
+        with pytest.raises(TransportError, match="failed while saving step 1"):
+            receiver.recv_checkpoint(0, "", 1, T10)
+
+    def send_bad() -> None:
+        with pytest.raises(serializer.UnsupportedError):
+            send(sender, [1], 1, bad)
+
+    on_ranks([send_bad, recv])
+    sd = _state()  # the pair still works
+    _, got = on_ranks(
+        [lambda: send(sender, [1], 2, sd), lambda: receiver.recv_checkpoint(0, "", 2, T10)]
+    )
+    assert_same(got, sd)
 
 
 def _raw_send(pg: Any, dst: int, step: int, payload: bytes, protocol: int = PROTOCOL) -> None:
@@ -211,8 +245,9 @@ from serializer.transports import PGTransport
 store = dist.TCPStore("127.0.0.1", int(sys.argv[1]), is_master=False)
 pg = dist.ProcessGroupGloo(dist.PrefixStore("dies", store), 1, 2, timedelta(seconds=30))
 sd = {"w": torch.zeros(64 << 20, dtype=torch.uint8)}
-PGTransport(pg, timedelta(seconds=60), chunk_bytes=1 << 16).send_checkpoint(
-    [0], 1, sd, timedelta(seconds=60))
+t = PGTransport(pg, timedelta(seconds=60), chunk_bytes=1 << 16)
+t.send_checkpoint([0], 1, sd, timedelta(seconds=60))
+t.disallow_checkpoint()
 """
 
 
