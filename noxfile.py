@@ -3,6 +3,7 @@
 nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
 nox -s lint types       # ruff, actionlint; mypy on serializer/
 nox -s bench            # benchmarks side by side with torch and safetensors
+nox -s bench_transports # checkpoint transports side by side with torchft's
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
@@ -38,6 +39,11 @@ TEST_DEPS = [
     "pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "psutil>=5", "xxhash>=3", "numpy",
     "fsspec>=2023.1", "safetensors>=0.4", "moto[server]>=5", "s3fs", "tqdm>=4.60",
 ]  # fmt: skip
+# torchft: serializer.transports is tested against its own transport contract. Only on the
+# local torch (it requires torch>=2.7, and uv would otherwise upgrade the sweep's older torch);
+# its PG transport needs numpy, which it does not declare (TEST_DEPS has it). Elsewhere the
+# contract tests skip.
+TORCHFT = "torchft==0.2.0"
 
 
 def install_torch(session: nox.Session, version: str) -> None:
@@ -55,7 +61,7 @@ def pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole suite on the local torch."""
     install_torch(session, LOCAL_TORCH)
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", ".", *TEST_DEPS, TORCHFT)
     session.run("python", "-m", "pytest", *pytest_args(session))
 
 
@@ -132,6 +138,15 @@ def bench(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".", "safetensors", "psutil", "numpy")
     session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_transports(session: nox.Session) -> None:
+    """Checkpoint transports (serializer.transports) beside torchft's, HTTP and process group,
+    fresh sender and receiver processes (docs/BENCHMARKS.md)."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", "numpy", TORCHFT)
+    session.run("python", "-m", "tools.bench_transports", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -237,7 +237,8 @@ def main() -> None:
     if args.role:
         args.receivers = int(args.receivers)
         print(json.dumps(role(args)), flush=True)
-        return
+        sys.stderr.flush()
+        os._exit(0)  # no interpreter teardown: gloo's threads sometimes abort in it
     rows = []
     for set_name in args.sets.split(","):
         for receivers in (int(n) for n in args.receivers.split(",")):
