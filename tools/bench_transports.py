@@ -77,9 +77,7 @@ def _transport(impl: str, rank: int, world: int, port: int, state_dict: Any) -> 
     from torchft.process_group import ProcessGroupGloo
 
     pg = ProcessGroupGloo(timeout=TIMEOUT)
-    pg.configure(
-        store_addr=f"127.0.0.1:{port}/pg", replica_id="0", rank=rank, world_size=world
-    )
+    pg.configure(store_addr=f"127.0.0.1:{port}/pg", replica_id="0", rank=rank, world_size=world)
     if impl == "ours_pg":
         from serializer.transports import PGTransport
 

@@ -325,3 +325,32 @@ def test_sender_dies_mid_transfer() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_module_state_dict_keeps_its_metadata(server: HTTPTransport[Any]) -> None:
+    """A module's state dict (an OrderedDict with `_metadata`) arrives as one, and loads."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    sd = model.state_dict()
+    server.send_checkpoint([1], 1, {"model": sd, "step": 1}, T10)
+    got = server.recv_checkpoint(0, server.metadata(), 1, T10)
+    assert type(got["model"]) is type(sd) and got["model"]._metadata == sd._metadata
+    assert_same(got["model"], sd)
+    torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).load_state_dict(
+        got["model"]
+    )
+
+
+def test_parts_keep_shared_storages_together(server: HTTPTransport[Any]) -> None:
+    """num_chunks=3 over views of one storage and separate tensors: views stay views."""
+    base = torch.arange(1000.0)
+    sd = {
+        "base": base,
+        "head": base[:10],
+        "tail": base[-10:],
+        "x": torch.ones(500),
+        "y": torch.zeros(300),
+    }
+    server.send_checkpoint([1], 1, sd, T10)
+    got = server.recv_checkpoint(0, server.metadata(), 1, T10)
+    assert_same(got, sd)
+    assert got["head"].untyped_storage().data_ptr() == got["base"].untyped_storage().data_ptr()
