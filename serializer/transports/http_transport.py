@@ -48,6 +48,7 @@ __all__ = ["HTTPTransport"]
 logger = logging.getLogger(__name__)
 
 _GRACE_S = 5.0  # how long aborted requests get to unwind
+_MAX_FETCHES = 16  # parts fetched at once, whatever the index says
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self) -> None:
         transport = self.server.transport
         fields = urlsplit(self.path).path.strip("/").split("/")
-        if len(fields) != 3 or not hmac.compare_digest(fields[0], transport._token):
+        if len(fields) != 3 or not hmac.compare_digest(
+            fields[0].encode(), transport._token.encode()
+        ):
             self._reply(403, "unknown checkpoint address")
             return
         try:
@@ -310,7 +313,7 @@ class HTTPTransport(CheckpointTransport[T]):
                 check_part(loaded, paths[i], fetch.peer)
                 return cast(dict[str, Any], loaded)
 
-            with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+            with ThreadPoolExecutor(max_workers=min(len(paths), _MAX_FETCHES)) as pool:
                 futures = [pool.submit(part, i) for i in range(len(paths))]
                 try:
                     parts = [f.result() for f in futures]

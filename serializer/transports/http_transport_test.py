@@ -147,6 +147,8 @@ def test_token_and_address(server: HTTPTransport[Any]) -> None:
     forged = f"http://127.0.0.1:{url.port}/{'0' * 32}/"
     with pytest.raises(TransportError, match="403"):
         server.recv_checkpoint(0, forged, 1, T10)
+    with pytest.raises(TransportError, match="403"):
+        server.recv_checkpoint(0, f"http://127.0.0.1:{url.port}/%C3%A9t%C3%A9/", 1, T10)
     with pytest.raises(TransportError, match="not an HTTPTransport address"):
         server.recv_checkpoint(0, "<n/a>", 1, T10)
 
@@ -354,3 +356,31 @@ def test_parts_keep_shared_storages_together(server: HTTPTransport[Any]) -> None
     got = server.recv_checkpoint(0, server.metadata(), 1, T10)
     assert_same(got, sd)
     assert got["head"].untyped_storage().data_ptr() == got["base"].untyped_storage().data_ptr()
+
+
+_WITHOUT_TORCHFT = """
+import sys
+from datetime import timedelta
+sys.modules["torchft"] = None  # as if not installed: importing it raises ImportError
+import torch
+import serializer.transports as st
+assert st.CheckpointTransport.__module__ == "serializer.transports._common"
+t = st.HTTPTransport(timedelta(seconds=10), num_chunks=2)
+t.send_checkpoint([1], 1, {"w": torch.arange(5)}, timedelta(seconds=10))
+got = t.recv_checkpoint(0, t.metadata(), 1, timedelta(seconds=10))
+assert torch.equal(got["w"], torch.arange(5))
+t.shutdown()
+print("ok without torchft")
+"""
+
+
+def test_works_without_torchft() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCHFT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "ok without torchft" in run.stdout, run.stderr[-3000:]
