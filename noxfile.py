@@ -4,6 +4,7 @@ nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
 nox -s lint types       # ruff, actionlint; mypy on serializer/
 nox -s bench            # benchmarks side by side with torch and safetensors
 nox -s bench_access     # random access: load_keys, open, mmap, DCP reshard reads
+nox -s bench_transports # checkpoint transports side by side with torchft's
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
@@ -32,6 +33,10 @@ SWEEP = [
 CI_SWEEP = [SWEEP[0], LOCAL_TORCH, SWEEP[-1]]
 # What the tests need is the package's own `test` extra (pyproject.toml), with why each is there.
 TEST = ".[test]"
+# torchft: serializer.transports is tested against its own transport contract. Only on the
+# local torch (it requires torch>=2.7, and uv would otherwise upgrade the sweep's older torch);
+# pinned to the version the contract tests were written against. Elsewhere they skip.
+TORCHFT = "torchft==0.2.0"
 
 
 def install_torch(session: nox.Session, version: str) -> None:
@@ -52,7 +57,7 @@ def pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole suite on the local torch."""
     install_torch(session, LOCAL_TORCH)
-    session.install("-e", TEST)
+    session.install("-e", TEST, TORCHFT)
     session.run("python", "-m", "pytest", *pytest_args(session))
 
 
@@ -138,6 +143,15 @@ def bench_access(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".[test]")
     session.run("python", "-m", "tools.bench_access", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_transports(session: nox.Session) -> None:
+    """Checkpoint transports (serializer.transports) beside torchft's, HTTP and process group,
+    fresh sender and receiver processes (docs/BENCHMARKS.md)."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".[transports]", TORCHFT)
+    session.run("python", "-m", "tools.bench_transports", *session.posargs)
 
 
 @nox.session(python=PYTHON)
