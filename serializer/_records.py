@@ -10,32 +10,30 @@ storage index (`TruncatedError.storage`, `ChecksumError.storage`).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from . import _format
-from ._byteio import PIECE, ByteSink, ByteSource
+from ._byteio import PIECE, SMALL, ByteSink, ByteSource
+from ._cpus import usable_cpus
 from ._errors import ChecksumError, TruncatedError
 
 HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
+# Inline, a large record is hashed and written piece by piece: each piece is hashed, then
+# written while it is still in the CPU cache (one pass over memory, not two). Pieces end on
+# multiples of WRITE_PIECE of the stream offset, so that a file's page cache gets whole large
+# folios (docs/BENCHMARKS.md#saving-to-a-file).
+WRITE_PIECE = 2 << 20
 
 _CHECKSUM_SIZE = _format.CHECKSUM_SIZE
 _checksum = _format.checksum
 _stored_checksum_at = _format.unpack_checksum_from
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # The helper thread only pays where a core is free for it. With 2 CPUs, one writing and the
 # other running the process at the far end of a pipe, it stalled 4 of 10 saves of 1 GiB by
 # 1-1.6 s, while hashing inline (XXH3 at ~28 GB/s) cost nothing measurable (docs/BENCHMARKS.md).
-HASH_THREAD = _usable_cpus() >= 4
+HASH_THREAD = usable_cpus() >= 4
 
 
 def _name(storage: int) -> str:
@@ -97,9 +95,25 @@ class RecordWriter:
     def write_chunk(self, data: memoryview) -> None:
         """Write part of a record; `data` may be reused once this returns."""
         data = data.cast("B") if data.format != "B" else data
-        self._hasher.submit(self._record, data)
-        self._sink.write(data)
-        self._hasher.wait()
+        if HASH_THREAD and len(data) >= HASH_IN_THREAD:  # hashed while the bytes are written
+            self._hasher.submit(self._record, data)
+            self._sink.write(data)
+            self._hasher.wait()
+            return
+        self._hasher.wait()  # earlier pieces of this record first: they hash in order
+        update, write, sink = self._record.update, self._sink.write, self._sink
+        n = len(data)
+        start = 0
+        while start < n:
+            # Up to the next multiple of WRITE_PIECE of the stream offset (at least SMALL
+            # bytes, so that no piece goes through the sink's staging copy needlessly).
+            step = WRITE_PIECE - sink.offset % WRITE_PIECE
+            if step < SMALL:
+                step += WRITE_PIECE
+            piece = data[start : start + step]
+            update(piece)  # now in the cache: the write below copies it from there
+            write(piece)
+            start += step
 
     def end_record(self) -> None:
         self._hasher.wait()
