@@ -21,8 +21,8 @@ from ._errors import ChecksumError, TruncatedError
 HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper thread
 # Inline, a large record is hashed and written piece by piece: each piece is hashed, then
 # written while it is still in the CPU cache (one pass over memory, not two). Pieces end on
-# multiples of WRITE_PIECE of the stream offset, so that a file's page cache gets whole large
-# folios (docs/BENCHMARKS.md#saving-to-a-file).
+# multiples of WRITE_PIECE of the file offset, so that each write fills whole large folios of
+# the page cache (docs/BENCHMARKS.md#saving-to-a-file).
 WRITE_PIECE = 2 << 20
 
 _CHECKSUM_SIZE = _format.CHECKSUM_SIZE
@@ -97,21 +97,29 @@ class RecordWriter:
         data = data.cast("B") if data.format != "B" else data
         if HASH_THREAD and len(data) >= HASH_IN_THREAD:  # hashed while the bytes are written
             self._hasher.submit(self._record, data)
-            self._sink.write(data)
+            self._write_pieces(data, None)
             self._hasher.wait()
             return
         self._hasher.wait()  # earlier pieces of this record first: they hash in order
-        update, write, sink = self._record.update, self._sink.write, self._sink
+        self._write_pieces(data, self._record.update)
+
+    def _write_pieces(self, data: memoryview, update: Any) -> None:
+        """Write `data` in pieces that end on multiples of WRITE_PIECE of the file offset
+        (at least SMALL bytes each, so that none goes through the sink's staging copy),
+        hashing each piece with `update` just before it is written, while it is in cache.
+        Writes across 2 MiB boundaries of a file ran 2-20x slower into a fresh page cache
+        on the machines of docs/BENCHMARKS.md."""
+        sink = self._sink
+        write = sink.write
         n = len(data)
         start = 0
         while start < n:
-            # Up to the next multiple of WRITE_PIECE of the stream offset (at least SMALL
-            # bytes, so that no piece goes through the sink's staging copy needlessly).
-            step = WRITE_PIECE - sink.offset % WRITE_PIECE
+            step = WRITE_PIECE - (sink.start + sink.offset) % WRITE_PIECE
             if step < SMALL:
                 step += WRITE_PIECE
             piece = data[start : start + step]
-            update(piece)  # now in the cache: the write below copies it from there
+            if update is not None:
+                update(piece)
             write(piece)
             start += step
 

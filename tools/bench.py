@@ -302,16 +302,19 @@ def measure_cases(
     quick: bool = False,
     env: dict[str, str] | None = None,
     on_result: Any = None,
+    keep: bool = False,
 ) -> list[dict[str, Any]]:
     """One case for each library, `reps` fresh processes each, taken in turns (rep 1 of every
     library, then rep 2, ...; the first library of a turn rotates), so that drift of the
     machine over the run falls on all libraries alike. A save writes a new file every time
-    (the previous one is removed outside the timed process)."""
+    (the previous one is removed outside the timed process). A load reads the stream file
+    already at its path (a save's, the same bytes) or one prepared first; `keep` leaves the
+    files for the next case."""
     env = env or child_env()
     flags = ["--quick"] if quick else []
     paths = {lib: os.path.join(tmp, f"{lib}-{set_name}") for lib in libs}
     if op != "save":
-        for lib in libs:
+        for lib in [lib for lib in libs if not os.path.exists(paths[lib])]:
             _child(["--prepare", f"{lib}:{set_name}", "--path", paths[lib], *flags], env)
     runs: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libs}
     for rep in range(reps):
@@ -329,7 +332,7 @@ def measure_cases(
         if on_result is not None:
             on_result(r)
     for path in paths.values():
-        if os.path.exists(path):
+        if not keep and os.path.exists(path):
             os.remove(path)
     return results
 
