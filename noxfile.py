@@ -3,6 +3,7 @@
 nox -s tests            # the suite on the local CPU torch 2.13.0, pytest-xdist
 nox -s lint types       # ruff, actionlint; mypy on serializer/
 nox -s bench            # benchmarks side by side with torch and safetensors
+nox -s scaling          # time and peak RSS against size and tensor count: docs/scaling_*.png
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
@@ -55,7 +56,7 @@ def pytest_args(session: nox.Session) -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole suite on the local torch."""
     install_torch(session, LOCAL_TORCH)
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", ".", *TEST_DEPS, "matplotlib")  # matplotlib: tools/scaling_test.py
     session.run("python", "-m", "pytest", *pytest_args(session))
 
 
@@ -132,6 +133,16 @@ def bench(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".", "safetensors", "psutil", "numpy")
     session.run("python", "-m", "tools.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def scaling(session: nox.Session) -> None:
+    """Time and peak RSS against total size and tensor count, ours beside torch's streaming
+    functions and the raw loop: docs/scaling_size.png, docs/scaling_count.png and
+    docs/scaling.json (tools/scaling.py; `-- --quick` for small ranges)."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", "psutil", "numpy", "matplotlib")
+    session.run("python", "-m", "tools.scaling", *session.posargs)
 
 
 @nox.session(python=PYTHON)
