@@ -56,11 +56,12 @@ def sweep(
     ops: list[str],
     reps: int,
     tmp: str,
-    log: Any = print,
+    log: Any = None,
 ) -> list[dict[str, Any]]:
     """Every (lib, op) at every point (x, set name): bench.measure_cases per op. A load and
     a load_into of one point read the same stream file, prepared once."""
     env = bench.child_env()
+    log = log or (lambda line: print(line, flush=True))
     out = []
     for x, set_name in points:
         for op in ops:
