@@ -142,8 +142,8 @@ def plot(results: list[dict[str, Any]], axis: str, path: str, title: str) -> Non
             color, marker = STYLE.get(lib, ("C3", "x"))
             xs = [r["x"] for r in rows]
             top.plot(xs, [median_seconds(r) for r in rows], marker=marker, color=color, label=lib)
-            bottom.plot(
-                xs, [max(r["rss_growth"], 0) / MiB for r in rows], marker=marker, color=color
+            bottom.plot(  # log scale: growth below 0.05 MiB (none) is drawn at 0.05
+                xs, [max(r["rss_growth"] / MiB, 0.05) for r in rows], marker=marker, color=color
             )
         # A linear reference through the last point of ours: the slope a linear cost has.
         ours = by.get(("ours", op))
@@ -158,8 +158,7 @@ def plot(results: list[dict[str, Any]], axis: str, path: str, title: str) -> Non
         top.grid(True, which="both", alpha=0.3)
         top.legend(fontsize=8)
         bottom.set_xscale("log")
-        if axis == "size":
-            bottom.set_yscale("symlog", linthresh=1)
+        bottom.set_yscale("log")
         bottom.set_ylabel("peak RSS growth (MiB)")
         bottom.set_xlabel(xlabel)
         bottom.grid(True, which="both", alpha=0.3)
@@ -167,6 +166,29 @@ def plot(results: list[dict[str, Any]], axis: str, path: str, title: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _load_results(out: str) -> list[dict[str, Any]]:
+    with open(os.path.join(out, "scaling.json")) as f:
+        results: list[dict[str, Any]] = json.load(f)["results"]
+    return results
+
+
+def _plots(results: list[dict[str, Any]], out: str, setup: dict[str, Any]) -> None:
+    kib = setup["tensor_bytes_of_size_sweep"] // 1024
+    total = setup["total_bytes_of_count_sweep"] // MiB
+    plot(
+        results,
+        "size",
+        os.path.join(out, "scaling_size.png"),
+        f"time and peak RSS against total size ({kib} KiB float32 tensors, file)",
+    )
+    plot(
+        results,
+        "count",
+        os.path.join(out, "scaling_count.png"),
+        f"time and peak RSS against tensor count ({total} MiB in all, file)",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,7 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count-total-mib", type=int, default=64, help="total of the count sweep")
     p.add_argument("--max-count", type=int, default=200_000)
     p.add_argument("--workdir", default=None, help="where stream files go (default: a temp dir)")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNGs from scaling.json")
     a = p.parse_args(argv)
+    if a.replot:
+        with open(os.path.join(a.out, "scaling.json")) as f:
+            setup = json.load(f)["setup"]
+        _plots(_load_results(a.out), a.out, setup)
+        return
     reps = a.reps or (1 if a.quick else 3)
     libs = [lib for lib in a.libs.split(",") if bench._available(lib)]
     ops = a.ops.split(",")
@@ -218,18 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     with open(os.path.join(a.out, "scaling.json"), "w") as f:
         json.dump(data, f, indent=1)
-    plot(
-        results,
-        "size",
-        os.path.join(a.out, "scaling_size.png"),
-        f"time and peak RSS against total size ({a.tensor_kib} KiB float32 tensors, file)",
-    )
-    plot(
-        results,
-        "count",
-        os.path.join(a.out, "scaling_count.png"),
-        f"time and peak RSS against tensor count ({total_mib} MiB in all, file)",
-    )
+    _plots(results, a.out, data["setup"])
     for axis, by in data["slopes"].items():
         for curve, value in by.items():
             shown = "—" if value is None else f"{value:.2f}"
