@@ -5,6 +5,7 @@ nox -s lint types       # ruff, actionlint; mypy on serializer/
 nox -s bench            # benchmarks side by side with torch and safetensors
 nox -s bench_access     # random access: load_keys, open, mmap, DCP reshard reads
 nox -s bench_transports # checkpoint transports side by side with torchft's
+nox -s scaling          # time and peak RSS against size and tensor count: docs/scaling_*.png
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
@@ -152,6 +153,16 @@ def bench_transports(session: nox.Session) -> None:
     install_torch(session, LOCAL_TORCH)
     session.install("-e", ".[transports]", TORCHFT)
     session.run("python", "-m", "tools.bench_transports", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def scaling(session: nox.Session) -> None:
+    """Time and peak RSS against total size and tensor count, ours beside torch's streaming
+    functions and the raw loop: docs/scaling_size.png, docs/scaling_count.png and
+    docs/scaling.json (tools/scaling.py; `-- --quick` for small ranges)."""
+    install_torch(session, LOCAL_TORCH)
+    session.install("-e", ".", "psutil", "numpy", "matplotlib")
+    session.run("python", "-m", "tools.scaling", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -56,6 +56,17 @@ def _wait_ready(f: Any, writable: bool) -> None:
         select.select([fd], [], [])
 
 
+def _position(f: Any) -> int:
+    """`f`'s current position if it is a seekable file, else 0."""
+    if isinstance(f, socket.socket):
+        return 0
+    try:
+        pos = f.tell()
+    except (AttributeError, OSError, ValueError):  # pipes, sockets, write-only wrappers
+        return 0
+    return pos if type(pos) is int and pos >= 0 else 0
+
+
 def _check_binary(f: Any, what: str) -> None:
     if isinstance(f, io.TextIOBase):
         raise TypeError(f"{what} needs a binary file object, got a text stream {f!r}")
@@ -75,6 +86,7 @@ class ByteSink:
         self.offset = 0
         self.written = 0  # bytes handed to f
         self.report: Callable[[int], None] | None = None  # called with `written` as it grows
+        self.start = _position(f)  # where the stream begins in a seekable file; 0 elsewhere
         self._stage = bytearray(STAGE_SIZE)
         self._stage_mv = memoryview(self._stage)
         self._fill = 0

@@ -4,8 +4,10 @@ with the hashing inline or on the helper thread."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
+from typing import Any
 
 import pytest
 import torch
@@ -233,3 +235,68 @@ def _bytes(obj: object) -> io.BytesIO:
     serializer.save(obj, buf)
     buf.seek(0)
     return buf
+
+
+class _WriteLog(io.BytesIO):
+    """A file that records where each write lands: (file offset, size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append((self.tell(), len(memoryview(data).cast("B"))))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("hash_thread", [True, False], indirect=True, ids=["thread", "inline"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+@pytest.mark.parametrize("lead", [0, 1000])
+def test_large_writes_end_on_piece_boundaries_of_the_file(
+    hash_thread: bool, chunked: bool, lead: int
+) -> None:
+    """Large records go out in pieces ending on multiples of WRITE_PIECE of the file offset
+    (where the stream starts mid-file too), each at least SMALL bytes; the bytes are those of
+    FORMAT.md."""
+    from serializer._byteio import SMALL
+
+    payloads = _payloads([3 * MiB + 5, 100, 5 * MiB + 3])
+    f = _WriteLog()
+    f.write(b"x" * lead)
+    f.writes.clear()
+    sink = ByteSink(f)
+    assert sink.start == lead
+    writer = _records.RecordWriter(sink)
+    for p in payloads:
+        if chunked:
+            writer.begin_record()
+            for start in range(0, len(p), 3 * MiB + 1):
+                writer.write_chunk(memoryview(p)[start : start + 3 * MiB + 1])
+            writer.end_record()
+        else:
+            writer.write_record(memoryview(p))
+    writer.close()
+    sink.close()
+    assert f.getvalue()[lead:] == _expected_stream(payloads)
+    big = [(pos, n) for pos, n in f.writes if n >= SMALL]
+    assert big and all(n <= _records.WRITE_PIECE + SMALL for _, n in big)
+    allowed = set()  # where a piece may end off a boundary: a payload's or a chunk's end
+    at = lead
+    for p in payloads:
+        allowed.add(at + len(p))
+        if chunked:
+            allowed |= {at + end for end in range(3 * MiB + 1, len(p), 3 * MiB + 1)}
+        at += len(p) + 8
+    assert all((pos + n) % _records.WRITE_PIECE == 0 or pos + n in allowed for pos, n in big)
+
+
+def test_sink_start_is_the_file_position_or_zero(tmp_path: Any) -> None:
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"abc")
+        assert ByteSink(f).start == 3
+    r, w = os.pipe()
+    try:
+        with open(w, "wb", buffering=0) as pipe:
+            assert ByteSink(pipe).start == 0
+    finally:
+        os.close(r)

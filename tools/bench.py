@@ -40,10 +40,18 @@ F_SETPIPE_SZ = 1031
 # ---------------------------------------------------------------------------- data
 
 
+def uniform_set(count: int, numel: int) -> str:
+    """The name of a set of `count` float32 tensors of `numel` elements each."""
+    return f"u{count}x{numel}"
+
+
 def set_numels(name: str, quick: bool) -> list[int]:
     """Element counts (float32) of the tensors of a set."""
     import torch
 
+    if name.startswith("u") and "x" in name:  # uniform_set
+        count, numel = name[1:].split("x")
+        return [int(numel)] * int(count)
     if name == "big":  # 72 tensors, 1 GiB
         count, each = (8, 1 << 20) if quick else (72, (1 << 30) // 72 // 4)
         return [each] * count
@@ -265,22 +273,6 @@ def _child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def _measure(args: list[str], env: dict[str, str], reps: int) -> dict[str, Any]:
-    """Median time and largest RSS growth over `reps` processes, each one cold run."""
-    runs = [_child(args, env) for _ in range(reps)]
-    failed = [r for r in runs if "error" in r]
-    if failed:
-        return failed[0]
-    times = [r["seconds"] for r in runs]
-    payload = runs[0]["payload"]
-    return {
-        "payload": payload,
-        "seconds": times,
-        "gbps": payload / statistics.median(times) / 1e9,
-        "rss_growth": max(r["rss_growth"] for r in runs),
-    }
-
-
 def _available(lib: str) -> bool:
     try:
         if lib == "torch_stream":
@@ -290,6 +282,74 @@ def _available(lib: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def child_env() -> dict[str, str]:
+    """The environment of every measured process: one torch thread, this checkout first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def measure_cases(
+    set_name: str,
+    op: str,
+    transport: str,
+    libs: list[str],
+    reps: int,
+    tmp: str,
+    quick: bool = False,
+    env: dict[str, str] | None = None,
+    on_result: Any = None,
+    keep: bool = False,
+) -> list[dict[str, Any]]:
+    """One case for each library, `reps` fresh processes each, taken in turns (rep 1 of every
+    library, then rep 2, ...; the first library of a turn rotates), so that drift of the
+    machine over the run falls on all libraries alike. A save writes a new file every time
+    (the previous one is removed outside the timed process). A load reads the stream file
+    already at its path (a save's, the same bytes) or one prepared first; `keep` leaves the
+    files for the next case."""
+    env = env or child_env()
+    flags = ["--quick"] if quick else []
+    paths = {lib: os.path.join(tmp, f"{lib}-{set_name}") for lib in libs}
+    if op != "save":
+        for lib in [lib for lib in libs if not os.path.exists(paths[lib])]:
+            _child(["--prepare", f"{lib}:{set_name}", "--path", paths[lib], *flags], env)
+    runs: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libs}
+    for rep in range(reps):
+        k = rep % len(libs)
+        for lib in libs[k:] + libs[:k]:
+            if op == "save" and os.path.exists(paths[lib]):
+                os.remove(paths[lib])
+            args = ["--case", f"{lib}:{op}:{transport}:{set_name}", "--path", paths[lib]]
+            runs[lib].append(_child([*args, *flags], env))
+    results = []
+    for lib in libs:
+        r = _summarize(runs[lib])
+        r.update(lib=lib, op=op, transport=transport, set=set_name)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+    for path in paths.values():
+        if not keep and os.path.exists(path):
+            os.remove(path)
+    return results
+
+
+def _summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median time and largest RSS growth over processes, each one cold run."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return dict(failed[0])
+    times = [r["seconds"] for r in runs]
+    payload = runs[0]["payload"]
+    return {
+        "payload": payload,
+        "seconds": times,
+        "gbps": payload / statistics.median(times) / 1e9,
+        "rss_growth": max(r["rss_growth"] for r in runs),
+    }
 
 
 def main() -> None:
@@ -320,27 +380,16 @@ def main() -> None:
         print(json.dumps(run_case(lib, op, transport, set_name, a.path, a.quick)))
         return
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env = child_env()
     libs = [lib for lib in a.libs.split(",") if _available(lib)]
-    quick = ["--quick"] if a.quick else []
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         for set_name in a.sets.split(","):
             for op in a.ops.split(","):
-                for lib in libs:
-                    path = os.path.join(tmp, f"{lib}-{set_name}")
-                    if op != "save":
-                        _child(["--prepare", f"{lib}:{set_name}", "--path", path, *quick], env)
-                    for transport in a.transports.split(","):
-                        args = ["--case", f"{lib}:{op}:{transport}:{set_name}", "--path", path]
-                        r = _measure([*args, *quick], env, a.reps)
-                        r.update(lib=lib, op=op, transport=transport, set=set_name)
-                        results.append(r)
-                        _print_row(r)
-                    if os.path.exists(path):
-                        os.remove(path)
+                for transport in a.transports.split(","):
+                    results += measure_cases(
+                        set_name, op, transport, libs, a.reps, tmp, a.quick, env, _print_row
+                    )
     print()
     print(report(results))
     if a.json:
