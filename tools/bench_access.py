@@ -149,9 +149,10 @@ def _run(name: str, directory: str) -> dict[str, Any]:
         "import json, sys; from tools.bench_access import case; "
         f"print(json.dumps(case({name!r}, {directory!r})))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True
-    ).stdout
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"case {name} failed:\n{result.stderr[-3000:]}")
+    out = result.stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
