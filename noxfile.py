@@ -8,6 +8,7 @@ nox -s bench_transports # checkpoint transports side by side with torchft's
 nox -s scaling          # time and peak RSS against size and tensor count: docs/scaling_*.png
 nox -s sweep            # the full torch version sweep (see docs/VERSIONS.md)
 nox -s sweep_ci         # the CI subset: oldest, local, newest
+nox -s pythons          # newest torch on Python 3.10 to 3.13
 nox -s golden           # golden streams of every sweep version (tools/golden.py)
 nox -s clean_cache      # drop uv's cache (the sweep holds ~40 GB)
 """
@@ -82,6 +83,16 @@ def sweep_ci(session: nox.Session, torch_version: str) -> None:
     """The CI subset of the sweep: the oldest, the local and the newest torch, without the
     tests marked slow (subprocess-heavy; `tests` and `sweep` run them)."""
     _sweep(session, torch_version, "-m", "not slow")
+
+
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+def pythons(session: nox.Session) -> None:
+    """The suite (less the slow tests) with the newest torch on every Python that
+    requires-python admits: interpreters of this machine only (UV_PYTHON_DOWNLOADS=never).
+    Not part of CI: each Python needs its own ~3 GB torch build from PyPI."""
+    install_torch(session, SWEEP[-1])
+    session.install("-e", TEST)
+    session.run("python", "-m", "pytest", "-m", "not slow", *pytest_args(session))
 
 
 @nox.session(python=PYTHON)
