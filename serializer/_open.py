@@ -2,7 +2,10 @@
 safetensors' `safe_open`.
 
 The header is read once; `get_tensor` then seeks to the one record its tensor needs, reads it
-and verifies it against its checksum; `get_slice(key)[start:stop]` reads only the bytes of
+and verifies it against its checksum. In a local file, that record is not copied: the file is
+mapped copy-on-write once, and the tensor is a view of its pages, verified by hashing them
+(the pages stay in memory as the tensor's own; writes to it never reach the file).
+`get_slice(key)[start:stop]` reads only the bytes of
 those rows of a contiguous tensor, which a per-record checksum cannot verify on their own
 (`verify=True` reads and checks the whole record first).
 """
@@ -10,6 +13,9 @@ those rows of a contiguous tensor, which a per-record checksum cannot verify on 
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
+import stat
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +24,7 @@ import torch
 from . import _files, _format
 from ._build import is_contiguous, rebuild, refs_of, unpickling
 from ._byteio import ByteSource, tensor_memory
-from ._errors import MismatchError, UnsupportedError
+from ._errors import ChecksumError, MismatchError, TruncatedError, UnsupportedError
 from ._format import TensorRef
 from ._index import StreamIndex, index_of
 from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
@@ -48,6 +54,8 @@ class StreamFile:
                     "serializer.open needs a seekable source (a file, an fsspec file, BytesIO); "
                     "use serializer.load or load_keys for sockets and pipes"
                 )
+            self._mapping = _mappable(f)  # (file, where the stream begins) or None
+            self._mapped: mmap.mmap | None = None
             self._bytes = ByteSource(f)
             self._records = RecordReader(self._bytes)
             self._stack.callback(self._records.close)
@@ -114,6 +122,8 @@ class StreamFile:
 
     def _storage(self, index: int) -> torch.Tensor:
         """The bytes of storage `index`, read and verified."""
+        if self._mapping is not None:
+            return self._mapped_storage(index)
         entry = self._header.table[index]
         at = self._record_at[index]
         self._bytes.plan([(at, at + entry.nbytes + _format.CHECKSUM_SIZE)])
@@ -122,6 +132,30 @@ class StreamFile:
         assert cpu is not None
         data = allocate(cpu, entry.nbytes, torch.device("cpu"), index)
         cpu.read_many([(data, index)], self._records)
+        if self._header.swapped:
+            byteswap(data, entry.dtype_id)
+        return self._place(data, entry.location)
+
+    def _mapped_storage(self, index: int) -> torch.Tensor:
+        """`_storage`, as a view of the mapped file's pages, verified by hashing them."""
+        assert self._mapping is not None
+        f, base = self._mapping
+        if self._mapped is None:
+            self._mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        mapped = self._mapped
+        entry = self._header.table[index]
+        at = base + self._record_at[index]
+        if at + entry.nbytes + _format.CHECKSUM_SIZE > len(mapped):
+            raise TruncatedError(f"storage {index}", entry.nbytes, max(len(mapped) - at, 0))
+        with memoryview(mapped) as view:
+            found = _format.checksum(view[at : at + entry.nbytes])
+            stored = _format.unpack_checksum_from(view, at + entry.nbytes)
+        if stored != found:
+            raise ChecksumError(f"storage {index}", stored, found, storage=index)
+        if entry.nbytes:
+            data = torch.frombuffer(mapped, dtype=torch.uint8, count=entry.nbytes, offset=at)
+        else:
+            data = torch.empty(0, dtype=torch.uint8)
         if self._header.swapped:
             byteswap(data, entry.dtype_id)
         return self._place(data, entry.location)
@@ -191,3 +225,15 @@ def open(  # noqa: A001 (serializer.open, as the issue names it; safetensors has
 
 
 __all__ = ["StreamFile", "open"]
+
+
+def _mappable(f: Any) -> tuple[Any, int] | None:
+    """`f` and where the stream begins in it, if `f` is a regular local file (which can be
+    mapped); None for anything else (fsspec files, BytesIO, pipes)."""
+    try:
+        fd = f.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f, int(f.tell())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None

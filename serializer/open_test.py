@@ -3,6 +3,7 @@ get_tensor (one record read and verified), get_slice (only the rows' bytes)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pathlib
 from typing import Any
@@ -114,3 +115,30 @@ def test_same_tensors_as_safetensors_safe_open(tmp_path: pathlib.Path) -> None:
             for key in theirs.keys():
                 assert torch.equal(ours.get_tensor(key), theirs.get_tensor(key))
             assert torch.equal(ours.get_slice("w")[1:4], theirs.get_slice("w")[1:4])
+
+
+@pytest.mark.parametrize("how", ["path", "file object at an offset"])
+def test_local_files_are_mapped_and_still_verified(tmp_path: pathlib.Path, how: str) -> None:
+    # In a local file, get_tensor views the file's pages (copy-on-write) instead of copying
+    # the record, and verifies them: the same tensors, the same checksum errors.
+    state = {"a": torch.arange(4.0), "b": torch.arange(4.0) + 10, "e": torch.empty(0)}
+    data = bytearray(_stream(state))
+    index = serializer.read_index(io.BytesIO(bytes(data)))
+    end = index.nbytes - 32 - 8
+    data[end - 1] ^= 0x01  # the last payload byte of "b"
+    path = tmp_path / "m.srlz"
+    prefix = b"x" * 13 if how != "path" else b""
+    path.write_bytes(prefix + bytes(data))
+    with contextlib.ExitStack() as stack:
+        if how == "path":
+            src: Any = path
+        else:
+            src = stack.enter_context(open(path, "rb"))
+            src.seek(len(prefix))
+        with serializer.open(src) as f:
+            a = f.get_tensor("a")
+            assert torch.equal(a, state["a"]) and f.get_tensor("e").numel() == 0
+            with pytest.raises(serializer.ChecksumError):
+                f.get_tensor("b")
+    a += 1  # writable, and the file does not change
+    assert path.read_bytes() == prefix + bytes(data)
