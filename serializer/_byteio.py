@@ -21,7 +21,12 @@ from typing import Any
 from ._errors import TruncatedError
 from ._gc import wait_begins, wait_ends
 
-STAGE_SIZE = 1 << 20  # staging buffer for small pieces
+STAGE_SIZE = 1 << 20  # staging buffer for small pieces read
+# Writes end on multiples of ALIGN of the file offset where the writer can choose: writes
+# across 2 MiB boundaries of a file ran 2-20x slower into a fresh page cache (ext4's large
+# folios; docs/BENCHMARKS.md#saving-to-a-file). The sink's staging buffer is flushed up to
+# such a boundary, and so holds up to ALIGN + SMALL bytes.
+ALIGN = 2 << 20
 SMALL = 64 << 10  # pieces below this are staged
 PIECE = 8 << 20  # `read` of more than this grows its result piece by piece, as data arrives
 
@@ -85,7 +90,7 @@ class ByteSink:
             self._raw_write = self._write_loop
         self.offset = 0
         self.start = _position(f)  # where the stream begins in a seekable file; 0 elsewhere
-        self._stage = bytearray(STAGE_SIZE)
+        self._stage = bytearray(ALIGN + SMALL)
         self._stage_mv = memoryview(self._stage)
         self._fill = 0
 
@@ -120,10 +125,18 @@ class ByteSink:
         mv = data if type(data) is memoryview and data.format == "B" else memoryview(data).cast("B")
         n = len(mv)
         if n < SMALL:
-            if self._fill + n > STAGE_SIZE:
-                self._flush_stage()
-            self._stage_mv[self._fill : self._fill + n] = mv
-            self._fill += n
+            fill = self._fill
+            self._stage_mv[fill : fill + n] = mv
+            self._fill = fill + n
+            # Staged bytes go out once they reach the next ALIGN boundary of the file
+            # offset, up to that boundary; the rest (under n bytes) stays staged.
+            begin = self.start + self.offset - fill  # the file offset of the stage's start
+            cut = ALIGN - begin % ALIGN
+            if fill + n >= cut:
+                self._write(self._stage_mv[:cut])
+                rest = fill + n - cut
+                self._stage_mv[:rest] = bytes(self._stage_mv[cut : cut + rest])  # may overlap
+                self._fill = rest
         else:
             self._flush_stage()
             self._write(mv)
