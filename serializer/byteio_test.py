@@ -536,13 +536,15 @@ class _WriteLog(io.BytesIO):
 
 
 @pytest.mark.parametrize("lead", [0, 12345])
-def test_staged_writes_end_on_align_boundaries_of_the_file(lead: int) -> None:
-    """Small pieces are staged and go out up to each ALIGN boundary of the file offset (the
-    stream may start mid-file); only the last flush ends elsewhere. The bytes are exact."""
-    from serializer._byteio import ALIGN
+def test_staged_writes_end_on_flush_boundaries_of_the_file(lead: int) -> None:
+    """Small pieces are staged and go out up to each STAGE_FLUSH boundary of the file offset
+    (the stream may start mid-file); only the last flush ends elsewhere. The bytes are
+    exact."""
+    from serializer._byteio import ALIGN, STAGE_FLUSH
 
+    assert STAGE_FLUSH % ALIGN == 0
     rng = random.Random(3)
-    pieces = [rng.randbytes(rng.randrange(1, SMALL)) for _ in range(300)]
+    pieces = [rng.randbytes(rng.randrange(1, SMALL)) for _ in range(700)]
     f = _WriteLog()
     f.write(b"x" * lead)
     f.writes.clear()
@@ -554,5 +556,5 @@ def test_staged_writes_end_on_align_boundaries_of_the_file(lead: int) -> None:
     assert sink.offset == sum(map(len, pieces))
     ends = [pos + n for pos, n in f.writes]
     assert len(ends) >= 2
-    assert all(end % ALIGN == 0 for end in ends[:-1])
-    assert all(n <= ALIGN for _, n in f.writes)
+    assert all(end % STAGE_FLUSH == 0 for end in ends[:-1])
+    assert all(n <= STAGE_FLUSH for _, n in f.writes)
