@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from . import _format
-from ._byteio import PIECE, SMALL, ByteSink, ByteSource
+from ._byteio import ALIGN, PIECE, SMALL, ByteSink, ByteSource
 from ._cpus import usable_cpus
 from ._errors import ChecksumError, TruncatedError
 
@@ -23,7 +23,7 @@ HASH_IN_THREAD = 1 << 20  # pieces at least this big are hashed on the helper th
 # written while it is still in the CPU cache (one pass over memory, not two). Pieces end on
 # multiples of WRITE_PIECE of the file offset, so that each write fills whole large folios of
 # the page cache (docs/BENCHMARKS.md#saving-to-a-file).
-WRITE_PIECE = 2 << 20
+WRITE_PIECE = ALIGN
 # Inline, a large record is read and hashed in pieces this big: each is hashed right after the
 # read wrote it, from the CPU's L2 cache rather than L3 or memory. Loading 1 GiB into memory at
 # hand (CPU seconds, median of 9): 8 MiB pieces 0.127, 512 KiB 0.119, a bare readinto loop

@@ -521,3 +521,40 @@ def test_tensor_memory_is_a_writable_view_without_copy() -> None:
     view[0:4] = (7).to_bytes(4, "little")
     assert t[0].item() == 7
     assert len(tensor_memory(torch.zeros(0))) == 0
+
+
+class _WriteLog(io.BytesIO):
+    """A file that records where each write lands: (file offset, size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append((self.tell(), len(memoryview(data).cast("B"))))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("lead", [0, 12345])
+def test_staged_writes_end_on_flush_boundaries_of_the_file(lead: int) -> None:
+    """Small pieces are staged and go out up to each STAGE_FLUSH boundary of the file offset
+    (the stream may start mid-file); only the last flush ends elsewhere. The bytes are
+    exact."""
+    from serializer._byteio import ALIGN, STAGE_FLUSH
+
+    assert STAGE_FLUSH % ALIGN == 0
+    rng = random.Random(3)
+    pieces = [rng.randbytes(rng.randrange(1, SMALL)) for _ in range(700)]
+    f = _WriteLog()
+    f.write(b"x" * lead)
+    f.writes.clear()
+    sink = ByteSink(f)
+    for p in pieces:
+        sink.write(p)
+    sink.close()
+    assert f.getvalue()[lead:] == b"".join(pieces)
+    assert sink.offset == sum(map(len, pieces))
+    ends = [pos + n for pos, n in f.writes]
+    assert len(ends) >= 2
+    assert all(end % STAGE_FLUSH == 0 for end in ends[:-1])
+    assert all(n <= STAGE_FLUSH for _, n in f.writes)
