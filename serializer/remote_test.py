@@ -64,10 +64,10 @@ def _handler(data: bytes, log: _Log) -> type[http.server.BaseHTTPRequestHandler]
                 body = data[start:end]
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
+                with log.lock:  # counted before the client can have it
+                    log.served += len(body)
                 self.end_headers()
                 self.wfile.write(body)
-                with log.lock:
-                    log.served += len(body)
             finally:
                 with log.lock:
                     log.in_flight -= 1
