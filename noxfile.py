@@ -88,8 +88,10 @@ def sweep_ci(session: nox.Session, torch_version: str) -> None:
 @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
 def pythons(session: nox.Session) -> None:
     """The suite (less the slow tests) with the newest torch on every Python that
-    requires-python admits: interpreters of this machine only (UV_PYTHON_DOWNLOADS=never).
-    Not part of CI: each Python needs its own ~3 GB torch build from PyPI."""
+    requires-python admits: interpreters of this machine only (UV_PYTHON_DOWNLOADS=never),
+    found on PATH as python3.X (with pyenv, list them all in PYENV_VERSION or `pyenv global`,
+    or its shims answer "command not found"). Not part of CI: each Python needs its own
+    ~3 GB torch build from PyPI."""
     install_torch(session, SWEEP[-1])
     session.install("-e", TEST)
     session.run("python", "-m", "pytest", "-m", "not slow", *pytest_args(session))
