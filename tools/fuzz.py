@@ -1356,7 +1356,7 @@ def _worker(args: argparse.Namespace) -> int:
         known = {line.strip() for line in open(args.known) if line.strip()}
     seeds = [p.read_bytes() for p in seed_files(target)]
 
-    peak = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10]
+    peak = [_peak_mb()]
 
     def one(data: bytes) -> None:
         state.start(data)
@@ -1372,7 +1372,7 @@ def _worker(args: argparse.Namespace) -> int:
         # process held when it began. (A slow growth over many inputs is left to libFuzzer's
         # RSS limit, at 3 times this one, whose thread blames whichever input runs when it
         # looks: the supervisor then replays that input, and says if it does not reproduce.)
-        now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+        now = _peak_mb()
         if now > peak[0]:
             peak[0] = now
             if now - before > args.rss_mb:
@@ -1448,6 +1448,19 @@ def _random_engine(
 # ---------------------------------------------------------------------------- replay
 
 
+def _peak_mb() -> int:
+    """This process's peak resident memory, in MB: VmHWM, which starts afresh at exec
+    (ru_maxrss does not: a child exec'd from a large parent starts at the parent's peak)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) >> 10
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+
+
 def _rss_mb() -> int:
     """The resident memory of this process now, in MB."""
     with open("/proc/self/statm", "rb") as f:
@@ -1495,7 +1508,7 @@ def _replay_child(cases_file: str, rss_mb: int) -> int:
                 "message": str(f)[:2000],
                 "traceback": "".join(traceback.format_exception(f))[-6000:],
             }
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+        peak = _peak_mb()
         if peak - before > rss_mb:
             outcome = {"result": "memory", "peak_rss_mb": peak, "began_mb": before, "was": outcome}
         print(f"done {i} {json.dumps(outcome)}", flush=True)
