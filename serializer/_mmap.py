@@ -22,9 +22,8 @@ import torch
 from . import _format
 from ._byteio import ByteSource
 from ._errors import FormatError, TruncatedError, UnsupportedError
-from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
+from ._placement import MapLocation, place_bytes
 from ._read import Header, byteswap, check_trailer, read_header
-from ._registry import as_bytes
 from ._torch_compat import TORCH_STREAM_FIRST_BYTE
 
 
@@ -60,17 +59,9 @@ def mapped_storages(
             data = torch.empty(0, dtype=torch.uint8)
         if header.swapped:
             byteswap(data, entry.dtype_id)  # the pages become the process's own
-        datas.append(_placed(data, entry.location, map_location))
+        datas.append(place_bytes(data, entry.location, map_location))
         offset += entry.nbytes + _format.CHECKSUM_SIZE
     return header, datas
-
-
-def _placed(data: torch.Tensor, location: str, map_location: MapLocation) -> torch.Tensor:
-    if maps_on_cpu_first(map_location):
-        storage = data.untyped_storage()
-        return as_bytes(apply_callable(map_location, storage, location))  # type: ignore[arg-type]
-    device = resolve_device(location, map_location)
-    return data if device.type == "cpu" else data.to(device)
 
 
 def mmap_path(f: Any) -> str:

@@ -27,10 +27,10 @@ from ._byteio import ByteSource, tensor_memory
 from ._errors import ChecksumError, MismatchError, TruncatedError, UnsupportedError
 from ._format import TensorRef
 from ._index import StreamIndex, index_of
-from ._placement import MapLocation, apply_callable, maps_on_cpu_first, resolve_device
+from ._placement import MapLocation, place_bytes
 from ._read import Header, allocate, byteswap, read_header
 from ._records import RecordReader
-from ._registry import as_bytes, find_backend
+from ._registry import find_backend
 
 
 class StreamFile:
@@ -114,11 +114,7 @@ class StreamFile:
 
     def _place(self, data: torch.Tensor, location: str) -> torch.Tensor:
         """`data` (CPU bytes of one storage, or part of one) where map_location puts it."""
-        if maps_on_cpu_first(self._map_location):
-            call: Any = self._map_location
-            return as_bytes(apply_callable(call, data.untyped_storage(), location))
-        device = resolve_device(location, self._map_location)
-        return data if device.type == "cpu" else data.to(device)
+        return place_bytes(data, location, self._map_location)
 
     def _storage(self, index: int) -> torch.Tensor:
         """The bytes of storage `index`, read and verified."""

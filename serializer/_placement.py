@@ -61,3 +61,12 @@ def apply_callable(
             f"map_location returned {result!r:.80}, expected a storage of {storage.nbytes()} bytes"
         )
     return result
+
+
+def place_bytes(data: torch.Tensor, location: str, map_location: MapLocation) -> torch.Tensor:
+    """CPU bytes of a storage saved at `location` (or part of one), where `map_location`
+    puts them: through its callable, or copied to a device that is not the CPU."""
+    if maps_on_cpu_first(map_location):
+        return as_bytes(apply_callable(map_location, data.untyped_storage(), location))  # type: ignore[arg-type]
+    device = resolve_device(location, map_location)
+    return data if device.type == "cpu" else data.to(device)
